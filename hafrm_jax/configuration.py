@@ -1,0 +1,97 @@
+"""From an ml_collections ConfigDict to the typed configs the library runs on, with checks.
+
+Every check runs before anything is compiled and raises one `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from hafrm_jax.model.config import ModelConfig, preset
+from hafrm_jax.objective import METHODS, LossConfig, ObjectiveConfig
+from hafrm_jax.sharding import DEFAULT_RULES
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, with the key at fault in the message."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    m = config.model
+    return preset(
+        m.preset,
+        num_layers=m.num_layers, hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size, num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+        attention_impl=m.attention_impl, logprob_chunk=m.logprob_chunk,
+    )
+
+
+def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
+    t = config.train
+    return ObjectiveConfig(
+        method=t.method, alpha=t.alpha, beta=t.beta, dpo_loss=t.dpo_loss,
+        label_smoothing=t.label_smoothing, reward_centering=t.reward_centering,
+        reference=t.reference,
+    )
+
+
+def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
+    return LossConfig(model=model_config(config), objective=objective_config(config))
+
+
+def logical_rules(config: ml_collections.ConfigDict) -> tuple:
+    return tuple(config.mesh.rules) if config.mesh.rules else DEFAULT_RULES
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError on values that cannot work together."""
+    t, d, o, m = config.train, config.data, config.optim, config.model
+    _require(t.method in METHODS, f"train.method={t.method!r}: expected one of {METHODS}")
+    _require(t.beta > 0, f"train.beta={t.beta}: must be positive")
+    _require(t.alpha >= 0, f"train.alpha={t.alpha}: must be non-negative")
+    _require(not (t.method in ("haf", "dpo") and t.alpha == 0),
+             f"train.method={t.method!r} with train.alpha=0 trains no DPO term; "
+             "use train.method=baseline for the plain reward model")
+    _require(t.dpo_loss in ("sigmoid", "hinge", "ipo"),
+             f"train.dpo_loss={t.dpo_loss!r}: expected sigmoid, hinge or ipo")
+    _require(0 <= t.label_smoothing < 0.5,
+             f"train.label_smoothing={t.label_smoothing}: must be in [0, 0.5)")
+    _require(not (t.label_smoothing > 0 and t.method != "baseline" and t.dpo_loss != "sigmoid"),
+             f"train.label_smoothing applies to the sigmoid DPO form only, not "
+             f"train.dpo_loss={t.dpo_loss!r}")
+    _require(t.reward_centering >= 0, "train.reward_centering must be non-negative")
+    _require(t.reference in ("cached", "online"),
+             f"train.reference={t.reference!r}: expected cached or online")
+    _require(t.steps > 0, f"train.steps={t.steps}: must be positive")
+    _require(t.batch_size > 0, f"train.batch_size={t.batch_size}: must be positive")
+    _require(t.grad_accum_steps > 0 and t.batch_size % t.grad_accum_steps == 0,
+             f"train.batch_size={t.batch_size} is not divisible by "
+             f"train.grad_accum_steps={t.grad_accum_steps}")
+    for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                "eval_batch_size"):
+        _require(t[key] > 0, f"train.{key}={t[key]}: must be positive")
+    _require(0 <= d.label_noise <= 1, f"data.label_noise={d.label_noise}: must be in [0, 1]")
+    _require(d.max_prompt_length < d.max_length,
+             f"data.max_prompt_length={d.max_prompt_length} must be below "
+             f"data.max_length={d.max_length}")
+    _require(d.pad_to_multiple > 0, "data.pad_to_multiple must be positive")
+    _require(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}: expected one of {SCHEDULES}")
+    _require(o.learning_rate > 0, "optim.learning_rate must be positive")
+    _require(0 <= o.warmup_steps < t.steps,
+             f"optim.warmup_steps={o.warmup_steps} must be below train.steps={t.steps}")
+    _require(m.remat in ("none", "full", "dots"),
+             f"model.remat={m.remat!r}: expected none, full or dots")
+    _require(m.attention_impl in ("xla", "cudnn"),
+             f"model.attention_impl={m.attention_impl!r}: expected xla or cudnn")
+    try:
+        model_config(config)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from e

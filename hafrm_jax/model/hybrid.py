@@ -1,0 +1,88 @@
+"""The hybrid reward model: one decoder backbone, a policy (LM) head and a reward head.
+
+Both heads read the same final hidden states from ONE forward pass. Params form a single plain
+pytree: {"backbone": ..., "lm_head": {"kernel"} (absent when tied), "reward_head": {...}}.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hafrm_jax.model.config import ModelConfig
+from hafrm_jax.model.decoder import Decoder, normal_init, zeros_init
+from hafrm_jax.model.readout import gather_last_token, sequence_logprobs
+
+
+class HybridOutput(NamedTuple):
+    rewards: jax.Array | None  # [batch] float32, reward head at the last real token
+    logprobs: jax.Array | None  # [batch] float32, summed response-token log-probs (policy head)
+
+
+class LMHead(nn.Module):
+    """The untied policy head's matrix [hidden, vocab] (applied in chunks by the readout)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        cfg = self.config
+        return self.param("kernel", normal_init(("embed", "vocab")),
+                          (cfg.hidden_size, cfg.vocab_size), cfg.weight_dtype)
+
+
+class HybridRewardModel(nn.Module):
+    """(input_ids, attention_mask, response_mask) [batch, seq] -> HybridOutput.
+
+    `with_rewards` / `with_logprobs` skip a head's work: the plain reward model never touches
+    the LM head, and a reference pass never touches the reward head.
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        self.backbone = Decoder(self.config)
+        if not self.config.tie_embeddings:
+            self.lm_head = LMHead(self.config)
+        # Zero-initialised, so that every reward starts at exactly 0 and the first BT gradients
+        # come from the data, not from a random head.
+        self.reward_head = nn.Dense(
+            1, dtype=jnp.float32, param_dtype=self.config.weight_dtype,
+            kernel_init=zeros_init(("embed", None)), bias_init=zeros_init((None,)),
+        )
+
+    def lm_weight(self) -> jax.Array:
+        """The policy head's matrix [hidden, vocab]."""
+        if self.config.tie_embeddings:
+            return self.backbone.output_embedding().T
+        return self.lm_head()
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        response_mask: jax.Array | None = None,
+        *,
+        with_rewards: bool = True,
+        with_logprobs: bool = True,
+    ) -> HybridOutput:
+        hidden = self.backbone(input_ids, attention_mask)  # [batch, seq, hidden]
+        rewards = logprobs = None
+        if with_rewards or self.is_initializing():
+            last = gather_last_token(hidden, attention_mask).astype(jnp.float32)
+            rewards = self.reward_head(last)[:, 0]
+        if with_logprobs or self.is_initializing():
+            if response_mask is None:
+                raise ValueError("response_mask is required for log-probs")
+            logprobs = sequence_logprobs(hidden, self.lm_weight(), input_ids, response_mask,
+                                         self.config.logprob_chunk)
+        return HybridOutput(rewards, logprobs)
+
+    def logits(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """Full LM logits [batch, seq, vocab] in float32: for parity checks and small inputs only."""
+        hidden = self.backbone(input_ids, attention_mask)
+        return jnp.einsum("bsd,dv->bsv", hidden, self.lm_weight().astype(hidden.dtype),
+                          preferred_element_type=jnp.float32)

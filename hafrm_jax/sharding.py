@@ -1,0 +1,133 @@
+"""Device mesh, logical-axis rules and the shardings of params, optimizer state and batches.
+
+Model code names every weight's axes ("embed", "mlp", "heads", ...) and every activation's
+("act_batch", "act_length", ...). Rules map those names onto the mesh axes data / fsdp / tensor,
+as in MaxText. Arrays are created directly with their sharding (`jit(init, out_shardings=...)`),
+so no device ever holds the whole model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+Rules = Sequence[tuple[str, Any]]
+
+# logical name -> mesh axis (or axes, or None for replicated)
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    # weights
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    # activations
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_head_dim", None),
+    ("act_vocab", "tensor"),
+)
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+    """Resolve one -1 entry to fill the devices; checks that the product is the device count."""
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} "
+                         f"tensor={tensor}")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if num_devices % known:
+            raise ValueError(f"{num_devices} devices cannot be split into mesh {sizes}")
+        sizes[sizes.index(-1)] = num_devices // known
+    if int(np.prod(sizes)) != num_devices:
+        raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = "
+                         f"{int(np.prod(sizes))} devices, but {num_devices} are present")
+    return tuple(sizes)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(data, fsdp, tensor, len(devices))
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def _fits(dim: int, axes, mesh: Mesh) -> bool:
+    names = axes if isinstance(axes, tuple) else (axes,)
+    return dim % int(np.prod([mesh.shape[n] for n in names])) == 0
+
+
+def logical_to_sharding(abstract_boxed, mesh: Mesh, rules: Rules):
+    """NamedShardings for a pytree of `nn.Partitioned` shape structs (from `jax.eval_shape`).
+
+    A dimension that its mesh axes do not divide (2 KV heads over 4-way tensor parallelism, say)
+    is replicated instead, and logged: correct, if less memory-efficient.
+    """
+    specs = nn.get_partition_spec(abstract_boxed)
+    shapes = nn.meta.unbox(abstract_boxed)
+
+    def to_sharding(spec, shape):
+        mesh_spec = nn.logical_to_mesh_axes(spec, rules) if spec is not None else PartitionSpec()
+        fitted = []
+        for dim, axes in zip(shape.shape, tuple(mesh_spec) + (None,) * len(shape.shape)):
+            if axes is not None and not _fits(dim, axes, mesh):
+                log.info("replicating a dimension of %d (shape %s): mesh axes %s do not divide it",
+                         dim, shape.shape, axes)
+                axes = None
+            fitted.append(axes)
+        return NamedSharding(mesh, PartitionSpec(*fitted))
+
+    return jax.tree_util.tree_map(to_sharding, specs, shapes,
+                                  is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+
+
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+    """Batches are split along their leading (pairs) axis over the data-parallel mesh axes."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(("act_batch",), rules))
+
+
+def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
+    axes = nn.logical_to_mesh_axes(("act_batch",), rules)[0]
+    if axes is None:
+        return 1
+    names = axes if isinstance(axes, tuple) else (axes,)
+    return int(np.prod([mesh.shape[n] for n in names]))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def host_batch_to_global(batch: dict[str, np.ndarray], sharding: NamedSharding):
+    """Place a host's share of a batch (its rows) into global arrays sharded over the mesh.
+
+    On one host the share is the whole batch. On several, each process passes only the rows it
+    read; the global batch is their concatenation in process order.
+    """
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def process_rows(num_rows: int) -> slice:
+    """The rows of a global batch that this process reads and feeds."""
+    count = jax.process_count()
+    if num_rows % count:
+        raise ValueError(f"a batch of {num_rows} pairs cannot be split over {count} processes")
+    per = num_rows // count
+    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)

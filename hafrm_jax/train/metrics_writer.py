@@ -1,0 +1,51 @@
+"""Metrics to `metrics.jsonl` (one JSON object a row) and TensorBoard event files.
+
+Only process 0 writes, so a multi-host run logs once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, resume_step: int | None = None):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        if not self.enabled:
+            return
+        if resume_step is not None:
+            self._truncate_after(resume_step)
+        from tensorboardX import SummaryWriter  # imported here: process 0 only
+
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop rows logged after the checkpoint being resumed: they will be logged again."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.writelines(rows)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step)}
+        row.update({k: float(v) for k, v in metrics.items()})
+        self._file.write(json.dumps(row, allow_nan=True) + "\n")
+        self._file.flush()
+        for key, value in metrics.items():
+            if math.isfinite(float(value)):
+                self._tb.add_scalar(key, float(value), int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tb.close()

@@ -1,0 +1,39 @@
+"""AdamW with linear warmup, then cosine / linear / constant decay, and global-norm clipping."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    peak, warmup = optim.learning_rate, optim.warmup_steps
+    end = peak * optim.end_learning_rate_factor
+    decay_steps = max(total_steps - warmup, 1)
+    if optim.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=optim.end_learning_rate_factor)
+    elif optim.schedule == "linear":
+        decay = optax.linear_schedule(peak, end, decay_steps)
+    elif optim.schedule == "constant":
+        decay = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"unknown schedule {optim.schedule!r}")
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def _decay_mask(params):
+    """Weight decay on matrices only: norms' scales and biases are left alone."""
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict,
+                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = learning_rate_schedule(optim, total_steps)
+    adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                        weight_decay=optim.weight_decay, mask=_decay_mask)
+    if optim.max_grad_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(optim.max_grad_norm), adamw), schedule
+    return adamw, schedule

@@ -1,0 +1,76 @@
+"""The train state, created directly with its sharding on the mesh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from hafrm_jax.model.config import ModelConfig
+from hafrm_jax.model.hybrid import HybridRewardModel
+from hafrm_jax.sharding import Rules, logical_to_sharding, replicated
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # optimizer steps taken
+    params: Any  # {"backbone", "lm_head", "reward_head"}: one plain pytree
+    opt_state: optax.OptState
+    rng: jax.Array  # raw uint32 key; fold_in(rng, step) gives each step its own randomness
+
+
+def _init_fn(model_config: ModelConfig):
+    model = HybridRewardModel(model_config)
+    ids = jnp.zeros((2, 8), jnp.int32)
+    mask = jnp.ones((2, 8), jnp.int32)
+
+    def init(rng):
+        return model.init(rng, ids, mask, mask)["params"]  # boxed: nn.Partitioned leaves
+
+    return init
+
+
+def param_shardings(model_config: ModelConfig, mesh: Mesh, rules: Rules):
+    """NamedShardings of the params, from the logical axis names of the model's weights."""
+    boxed = jax.eval_shape(_init_fn(model_config), jax.random.PRNGKey(0))
+    return logical_to_sharding(boxed, mesh, rules)
+
+
+def init_params(model_config: ModelConfig, seed: int, mesh: Mesh, rules: Rules):
+    """Randomly initialised params, each created on its own shards. Returns (params, shardings)."""
+    shardings = param_shardings(model_config, mesh, rules)
+    init = _init_fn(model_config)
+    params = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(
+        jax.random.PRNGKey(seed))
+    return params, shardings
+
+
+def state_shardings(optimizer: optax.GradientTransformation, params_shardings, params_shapes,
+                    mesh: Mesh) -> TrainState:
+    """Shardings of a TrainState: optimizer moments follow their params; scalars replicate."""
+    opt_shapes = jax.eval_shape(optimizer.init, params_shapes)
+    opt_shardings = optax.tree_map_params(
+        optimizer, lambda _, sharding: sharding, opt_shapes, params_shardings,
+        transform_non_params=lambda _: replicated(mesh))
+    return TrainState(step=replicated(mesh), params=params_shardings, opt_state=opt_shardings,
+                      rng=replicated(mesh))
+
+
+def create_train_state(params, params_shardings, optimizer: optax.GradientTransformation,
+                       seed: int, mesh: Mesh) -> tuple[TrainState, TrainState]:
+    """A fresh TrainState around `params`, and the shardings of every field."""
+    shapes = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+    shardings = state_shardings(optimizer, params_shardings, shapes, mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+    state = TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+        params=params,
+        opt_state=opt_state,
+        rng=jax.device_put(jax.random.PRNGKey(seed + 1), shardings.rng),
+    )
+    return state, shardings

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny untied model and hand-built batches. CPU JAX, float32 throughout."""
+
+import numpy as np
+import pytest
+
+from hafrm_jax.model.config import preset
+
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def tiny_config():
+    return preset("tiny", vocab_size=97, num_layers=2, hidden_size=32, intermediate_size=64,
+                  num_heads=4, num_kv_heads=2, logprob_chunk=5)
+
+
+def make_pair_batch(rng: np.random.Generator, pairs: int, seq: int, vocab: int,
+                    prompt_len: int = 4) -> dict[str, np.ndarray]:
+    """Right-padded random pairs [pairs, 2, seq] with a shared prompt and ragged responses."""
+    ids = rng.integers(3, vocab, size=(pairs, 2, seq)).astype(np.int32)
+    ids[:, 1, :prompt_len] = ids[:, 0, :prompt_len]
+    lengths = rng.integers(prompt_len + 2, seq + 1, size=(pairs, 2))
+    pos = np.arange(seq)
+    attention = (pos < lengths[..., None]).astype(np.int32)
+    response = attention * (pos >= prompt_len)
+    ids = np.where(attention == 1, ids, 0).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": attention, "response_mask": response}

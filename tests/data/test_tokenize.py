@@ -1,0 +1,108 @@
+"""Tokenisation: truncation sides, EOS, masks, identical pairs; and the synthetic task."""
+
+import numpy as np
+import pytest
+
+from hafrm_jax.data import synthetic
+from hafrm_jax.data.batching import EpochSampler, eval_batches, flip_labels, make_batch
+from hafrm_jax.data.records import PreferencePair
+from hafrm_jax.data.tokenize import tokenize_pairs
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return synthetic.build_tokenizer()
+
+
+def ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_layout_eos_and_masks(tokenizer):
+    pair = PreferencePair([{"role": "user", "content": "please repeat these words : cat dog"}],
+                          "cat dog", "cat")
+    data, stats = tokenize_pairs([pair], tokenizer, max_length=16, max_prompt_length=12)
+    prompt = ids(tokenizer, "user : please repeat these words : cat dog assistant :")
+    eos = tokenizer.eos_token_id
+    assert data.prompt_lengths[0] == len(prompt)
+    chosen = list(data.tokens[0, 0, :data.lengths[0, 0]])
+    rejected = list(data.tokens[0, 1, :data.lengths[0, 1]])
+    assert chosen == prompt + ids(tokenizer, "cat dog") + [eos]
+    assert rejected == prompt + ids(tokenizer, "cat") + [eos]
+    batch = make_batch(data, np.array([0]), pad_to_multiple=8)
+    assert batch["input_ids"].shape == (1, 2, 16)
+    # response mask: exactly the response tokens and EOS; attention: every real token
+    np.testing.assert_array_equal(batch["response_mask"][0, 0].sum(), 3)
+    np.testing.assert_array_equal(batch["response_mask"][0, 1].sum(), 2)
+    assert batch["attention_mask"][0, 0].sum() == len(chosen)
+    assert stats.pairs_out == 1 and stats.identical_dropped == 0
+
+
+def test_truncation_prompt_left_response_right(tokenizer):
+    words = "one two three four five six seven eight nine ten"
+    pair = PreferencePair(f"repeat : {words}", words, "ten")
+    data, stats = tokenize_pairs([pair], tokenizer, max_length=10, max_prompt_length=4)
+    assert data.prompt_lengths[0] == 4
+    # the prompt keeps its END (left truncation)
+    assert list(data.tokens[0, 0, :4]) == ids(tokenizer, "seven eight nine ten")
+    # the response keeps its START (right truncation), then EOS
+    assert list(data.tokens[0, 0, 4:10]) == ids(tokenizer, "one two three four five") + [
+        tokenizer.eos_token_id]
+    assert stats.prompts_truncated == 1 and stats.responses_truncated == 1
+
+
+def test_identical_after_truncation_are_dropped_and_counted(tokenizer):
+    pairs = [PreferencePair("cat", "one two three four", "one two three five"),
+             PreferencePair("cat", "dog", "owl")]
+    data, stats = tokenize_pairs(pairs, tokenizer, max_length=4, max_prompt_length=1)
+    assert len(data) == 1 and stats.identical_dropped == 1 and stats.pairs_in == 2
+
+
+def test_prompt_must_leave_room(tokenizer):
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        tokenize_pairs([], tokenizer, max_length=8, max_prompt_length=8)
+
+
+def test_synthetic_splits_disjoint_and_answer_known():
+    splits = synthetic.generate_splits(300, 50, 50, seed=3)
+    prompts = {name: {p.prompt[0]["content"] for p in split} for name, split in splits.items()}
+    assert not prompts["train"] & prompts["test"]
+    assert not prompts["train"] & prompts["validation"]
+    assert not prompts["validation"] & prompts["test"]
+    for pair in splits["train"]:
+        text = pair.prompt[0]["content"]
+        words = text.split(" : ")[1].split()
+        answer = words if "repeat" in text else words[::-1]
+        assert pair.chosen == " ".join(answer) and pair.rejected != pair.chosen
+    assert synthetic.generate_splits(300, 50, 50, seed=3) == splits  # deterministic
+
+
+def test_sampler_is_a_pure_function_of_step():
+    sampler = EpochSampler(num_pairs=10, batch_size=3, seed=0)
+    assert sampler.batches_per_epoch == 3
+    epoch0 = np.concatenate([sampler.indices(s) for s in range(3)])
+    assert len(set(epoch0)) == 9  # no pair twice in an epoch
+    assert not np.array_equal(sampler.indices(0), sampler.indices(3))  # reshuffled per epoch
+    np.testing.assert_array_equal(sampler.indices(4), EpochSampler(10, 3, 0).indices(4))
+    assert sampler.position(4) == {"epoch": 1, "batch_in_epoch": 1}
+
+
+def test_eval_batches_cover_every_pair_once(tokenizer):
+    pairs = synthetic.generate_pairs(7, seed=0)
+    data, _ = tokenize_pairs(pairs, tokenizer, 32, 20)
+    seen = []
+    for batch, real in eval_batches(data, 3, 16):
+        assert batch["input_ids"].shape[0] == 3
+        seen.extend(batch["input_ids"][:real, 0, 0].tolist())
+    assert len(seen) == 7
+
+
+def test_label_noise_flips_the_requested_share(tokenizer):
+    data, _ = tokenize_pairs(synthetic.generate_pairs(100, seed=0), tokenizer, 32, 20)
+    noisy, flipped = flip_labels(data, 0.25, seed=0)
+    assert len(flipped) == 25
+    np.testing.assert_array_equal(noisy.tokens[flipped, 0], data.tokens[flipped, 1])
+    np.testing.assert_array_equal(noisy.lengths[flipped], data.lengths[flipped][:, ::-1])
+    kept = np.setdiff1d(np.arange(100), flipped)
+    np.testing.assert_array_equal(noisy.tokens[kept], data.tokens[kept])
+    np.testing.assert_array_equal(flip_labels(data, 0.25, seed=0)[1], flipped)

@@ -1,0 +1,82 @@
+"""Chunked response log-probs against the naive full-vocabulary computation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hafrm_jax.model.readout import gather_last_token, last_token_index, sequence_logprobs
+
+
+def naive_logprobs(hidden, weight, ids, response_mask):
+    """log_softmax over the whole [batch, seq, vocab] logits, summed over response tokens."""
+    logits = np.einsum("bsd,dv->bsv", np.asarray(hidden, np.float64), np.asarray(weight, np.float64))
+    logits -= logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    total = np.zeros(ids.shape[0])
+    for b in range(ids.shape[0]):
+        for t in range(1, ids.shape[1]):
+            if response_mask[b, t]:  # token t is predicted by position t - 1
+                total[b] += logp[b, t - 1, ids[b, t]]
+    return total
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 16, 64])
+def test_chunked_equals_naive(chunk):
+    rng = np.random.default_rng(0)
+    batch, seq, dim, vocab = 3, 13, 8, 50
+    hidden = rng.normal(size=(batch, seq, dim)).astype(np.float32)
+    weight = rng.normal(size=(dim, vocab)).astype(np.float32)
+    ids = rng.integers(0, vocab, size=(batch, seq)).astype(np.int32)
+    # prompt of 4 tokens, then the response (EOS last), then padding
+    lengths = np.array([13, 9, 6])
+    pos = np.arange(seq)
+    response = ((pos >= 4) & (pos < lengths[:, None])).astype(np.int32)
+    got = sequence_logprobs(jnp.asarray(hidden), jnp.asarray(weight), jnp.asarray(ids),
+                            jnp.asarray(response), chunk)
+    np.testing.assert_allclose(got, naive_logprobs(hidden, weight, ids, response), rtol=1e-5)
+
+
+def test_masking_prompt_padding_and_eos():
+    """Changing a prompt or padding token's target never changes the sum; the EOS does."""
+    rng = np.random.default_rng(1)
+    hidden = jnp.asarray(rng.normal(size=(1, 8, 4)).astype(np.float32))
+    weight = jnp.asarray(rng.normal(size=(4, 11)).astype(np.float32))
+    ids = np.array([[1, 2, 3, 4, 5, 10, 0, 0]], np.int32)  # prompt 1 2 3, response 4 5 EOS(10)
+    response = np.array([[0, 0, 0, 1, 1, 1, 0, 0]], np.int32)
+    base = sequence_logprobs(hidden, weight, jnp.asarray(ids), jnp.asarray(response), 3)
+
+    def with_token(i, tok):
+        changed = ids.copy()
+        changed[0, i] = tok
+        return sequence_logprobs(hidden, weight, jnp.asarray(changed), jnp.asarray(response), 3)
+
+    np.testing.assert_allclose(with_token(1, 7), base)  # prompt token
+    np.testing.assert_allclose(with_token(7, 7), base)  # padding token
+    assert not np.allclose(with_token(5, 7), base)  # the EOS is scored
+
+
+def test_gradients_match_naive():
+    rng = np.random.default_rng(2)
+    hidden = jnp.asarray(rng.normal(size=(2, 7, 4)).astype(np.float32))
+    weight = jnp.asarray(rng.normal(size=(4, 9)).astype(np.float32))
+    ids = jnp.asarray(rng.integers(0, 9, size=(2, 7)).astype(np.int32))
+    response = jnp.asarray(np.array([[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1]], np.int32))
+
+    def naive(h, w):
+        logp = jax.nn.log_softmax(jnp.einsum("bsd,dv->bsv", h, w), -1)[:, :-1]
+        tok = jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+        return jnp.sum(tok * response[:, 1:])
+
+    chunked = lambda h, w: jnp.sum(sequence_logprobs(h, w, ids, response, 3))
+    for a, b in zip(jax.grad(chunked, (0, 1))(hidden, weight), jax.grad(naive, (0, 1))(hidden, weight)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_last_token_index_either_padding_side():
+    right = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    left = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(last_token_index(right), [2, 4])
+    np.testing.assert_array_equal(last_token_index(left), [4, 4])
+    hidden = jnp.arange(2 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 3)
+    np.testing.assert_array_equal(gather_last_token(hidden, right), hidden[jnp.arange(2), jnp.array([2, 4])])

@@ -1,0 +1,35 @@
+"""`python train.py` as a user runs it: flags, overrides, output, and a misspelt key."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL = ["--config.train.steps=4", "--config.train.eval_every=2", "--config.data.num_train=64",
+         "--config.data.num_validation=32", "--config.data.num_test=32",
+         "--config.train.batch_size=8", "--config.optim.warmup_steps=1",
+         "--config.model.num_layers=1"]
+
+
+def run_train(*args):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_cli_with_overrides(tmp_path):
+    out = run_train(f"--workdir={tmp_path}", "--config.train.method=baseline",
+                    "--config.train.seed=3", "--config.data.label_noise=0.25", *SMALL)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "held-out test accuracy (reward head)" in out.stdout
+    assert '"method": "baseline"' in (tmp_path / "results.json").read_text()
+    assert '"flipped_train_pairs": 16' in (tmp_path / "results.json").read_text()
+
+
+def test_misspelt_override_fails_before_training(tmp_path):
+    out = run_train(f"--workdir={tmp_path}", "--config.train.stpes=4")
+    assert out.returncode != 0
+    assert "stpes" in out.stderr
+    assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,100 @@
+"""The training entry point end to end, on a shrunk default config."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs.default import get_config
+from hafrm_jax.train.loop import train_and_evaluate
+
+
+def small_config(**train):
+    config = get_config()
+    config.model.num_layers = 1
+    config.model.hidden_size = 32
+    config.model.intermediate_size = 64
+    config.data.num_train, config.data.num_validation, config.data.num_test = 256, 64, 64
+    config.train.steps = 12
+    config.train.batch_size = 8
+    config.train.log_every = 2
+    config.train.eval_every = 4
+    config.train.eval_batch_size = 32
+    config.train.checkpoint_every = 100
+    config.optim.warmup_steps = 2
+    for key, value in train.items():
+        config.train[key] = value
+    return config
+
+
+def read_rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_workdir_contents(tmp_path):
+    result = train_and_evaluate(small_config(), str(tmp_path))
+    assert result.completed and result.step == 12
+    rows = read_rows(tmp_path)
+    train_rows = [r for r in rows if "train/loss" in r]
+    eval_rows = [r for r in rows if "eval/accuracy" in r]
+    assert [r["step"] for r in train_rows] == [2, 4, 6, 8, 10, 12]
+    assert [r["step"] for r in eval_rows] == [4, 8, 12]
+    assert all(np.isfinite(r["train/loss"]) for r in train_rows)
+    assert any("test/accuracy" in r for r in rows)
+    assert os.listdir(tmp_path / "tensorboard")
+    assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
+    assert (tmp_path / "reference_logps.safetensors").exists()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["test"]["num_pairs"] == 64 and saved["best_step"] in (4, 8, 12)
+    assert saved["validation"]["accuracy"] == max(r["eval/accuracy"] for r in eval_rows)
+
+
+@pytest.mark.parametrize("method", ["baseline", "dpo"])
+def test_other_methods_run(tmp_path, method):
+    result = train_and_evaluate(small_config(method=method, steps=4, eval_every=4), str(tmp_path))
+    assert result.completed
+    if method == "baseline":  # no reference pass at all
+        assert not (tmp_path / "reference_logps.safetensors").exists()
+        assert "implicit_accuracy" not in result.test
+    else:  # scored by DPO's implicit reward
+        assert result.test["accuracy"] == result.test["implicit_accuracy"]
+        assert "reward_accuracy" not in result.test
+
+
+def _params(result):
+    return jax.tree_util.tree_leaves(jax.device_get(result.state.params))
+
+
+def test_stop_and_resume_equals_uninterrupted(tmp_path):
+    config = small_config(grad_accum_steps=2)
+    straight = train_and_evaluate(config, str(tmp_path / "straight"))
+    stopped = train_and_evaluate(config, str(tmp_path / "resumed"), stop_condition=lambda s: s == 5)
+    assert not stopped.completed and stopped.step == 5
+    resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert resumed.completed and resumed.step == 12
+    for a, b in zip(_params(straight), _params(resumed)):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.test == straight.test
+    # the resumed run's metrics file has each step once
+    steps = [r["step"] for r in read_rows(tmp_path / "resumed") if "train/loss" in r]
+    assert steps == [2, 4, 6, 8, 10, 12]
+
+
+def test_online_reference_equals_cached(tmp_path):
+    cached = train_and_evaluate(small_config(steps=4), str(tmp_path / "cached"))
+    online = train_and_evaluate(small_config(steps=4, reference="online"), str(tmp_path / "online"))
+    for a, b in zip(_params(cached), _params(online)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_default_task_is_learned(tmp_path):
+    """A few hundred steps of the default config get well past chance (0.5)."""
+    config = get_config()
+    config.train.steps = 300
+    config.train.eval_every = 100
+    result = train_and_evaluate(config, str(tmp_path))
+    assert result.test["accuracy"] >= 0.7, result.test
