@@ -13,7 +13,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
     config.model = model = ml_collections.ConfigDict()
-    model.preset = "tiny"  # architecture: tiny | qwen2.5-0.5b | qwen2.5-1.5b | llama-3.2-1b | ...
+    model.name_or_path = config_dict.placeholder(str)  # HF checkpoint dir or hub id; None: preset
+    model.preset = "tiny"  # random init: tiny | qwen2.5-0.5b | qwen2.5-1.5b | llama-3.2-1b | ...
     model.num_layers = config_dict.placeholder(int)  # None: the preset's value
     model.hidden_size = config_dict.placeholder(int)
     model.intermediate_size = config_dict.placeholder(int)

@@ -23,15 +23,29 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+ARCHITECTURE_KEYS = ("num_layers", "hidden_size", "intermediate_size", "num_heads",
+                     "num_kv_heads")
+
+
+def execution_options(config: ml_collections.ConfigDict) -> dict:
+    """The ModelConfig fields that the run config sets whatever the architecture's source."""
     m = config.model
-    return preset(
-        m.preset,
-        num_layers=m.num_layers, hidden_size=m.hidden_size,
-        intermediate_size=m.intermediate_size, num_heads=m.num_heads,
-        num_kv_heads=m.num_kv_heads, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-        attention_impl=m.attention_impl, logprob_chunk=m.logprob_chunk,
-    )
+    return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+                attention_impl=m.attention_impl, logprob_chunk=m.logprob_chunk)
+
+
+def model_config(config: ml_collections.ConfigDict, pretrained_dir: str | None = None) -> ModelConfig:
+    """The architecture: a preset (with size overrides), or the pretrained checkpoint's."""
+    m = config.model
+    if pretrained_dir is not None:
+        from hafrm_jax.hf.checkpoint import pretrained_model_config
+
+        overridden = [k for k in ARCHITECTURE_KEYS if m[k] is not None]
+        if overridden:
+            raise ConfigError(f"model.{overridden[0]} cannot change the architecture of the "
+                              f"pretrained model.name_or_path={m.name_or_path!r}")
+        return pretrained_model_config(pretrained_dir, **execution_options(config))
+    return preset(m.preset, **{k: m[k] for k in ARCHITECTURE_KEYS}, **execution_options(config))
 
 
 def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
@@ -43,8 +57,10 @@ def objective_config(config: ml_collections.ConfigDict) -> ObjectiveConfig:
     )
 
 
-def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
-    return LossConfig(model=model_config(config), objective=objective_config(config))
+def loss_config(config: ml_collections.ConfigDict,
+                pretrained_dir: str | None = None) -> LossConfig:
+    return LossConfig(model=model_config(config, pretrained_dir),
+                      objective=objective_config(config))
 
 
 def logical_rules(config: ml_collections.ConfigDict) -> tuple:
@@ -91,7 +107,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"model.remat={m.remat!r}: expected none, full or dots")
     _require(m.attention_impl in ("xla", "cudnn"),
              f"model.attention_impl={m.attention_impl!r}: expected xla or cudnn")
-    try:
-        model_config(config)
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from e
+    if not m.name_or_path:  # a pretrained architecture is checked when it is read
+        try:
+            model_config(config)
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from e

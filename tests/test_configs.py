@@ -48,5 +48,5 @@ def test_hh_recipe_says_what_is_missing(tmp_path):
     from configs.hh import get_config
     from hafrm_jax.train.loop import train_and_evaluate
 
-    with pytest.raises(NotImplementedError, match="model.name_or_path"):
+    with pytest.raises(ValueError, match="model.name_or_path"):
         train_and_evaluate(get_config(), str(tmp_path))

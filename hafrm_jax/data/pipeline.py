@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from hafrm_jax.data import synthetic
+from hafrm_jax.hf import tokenizer as hf_tokenizer
 from hafrm_jax.data.batching import flip_labels
 from hafrm_jax.data.records import PreferencePair
 from hafrm_jax.data.tokenize import TokenizedPairs, TokenizeStats, tokenize_pairs
@@ -32,14 +33,15 @@ SOURCES: dict[str, Callable[[ml_collections.ConfigDict], dict[str, list[Preferen
 }
 
 
-def load_tokenizer(config: ml_collections.ConfigDict):
+def load_tokenizer(config: ml_collections.ConfigDict, pretrained_dir: str | None = None):
+    """The pretrained checkpoint's tokenizer; without one, the synthetic task's own."""
+    if pretrained_dir is not None:
+        return hf_tokenizer.load_tokenizer(pretrained_dir)
     if config.data.source == "synthetic":
         return synthetic.build_tokenizer()
-    raise NotImplementedError(
-        f"data.source={config.data.source!r} needs a pretrained model and its tokenizer, and "
-        "this version can only train from random initialisation on the built-in 'synthetic' "
-        "task: loading Hugging Face checkpoints (model.name_or_path) and the HH-RLHF reader "
-        "are not implemented yet")
+    raise ValueError(
+        f"data.source={config.data.source!r} is text for a pretrained model: set "
+        "model.name_or_path to a Hugging Face checkpoint directory or hub id")
 
 
 @dataclasses.dataclass

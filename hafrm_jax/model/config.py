@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 RematPolicy = Literal["none", "full", "dots"]
 AttentionImpl = Literal["xla", "cudnn"]
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,11 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A decoder of the Llama family (Llama 2/3, Mistral, Qwen2/2.5) plus its execution options."""
+    """A pre-norm decoder (Llama, Mistral, Qwen2/3, Gemma 1/2, Phi-2) plus execution options.
+
+    The defaults describe Llama; the structural fields below them express how the other
+    families differ, each with the family that needs it.
+    """
 
     vocab_size: int
     hidden_size: int
@@ -44,9 +49,26 @@ class ModelConfig:
     head_dim: int | None = None  # None: hidden_size // num_heads
     rope_theta: float = 10_000.0
     rope_scaling: RopeScaling | None = None
-    rms_norm_eps: float = 1e-6
+    norm_eps: float = 1e-6
     tie_embeddings: bool = False
-    qkv_bias: bool = False  # Qwen2 has biases on the q, k and v projections
+    qkv_bias: bool = False  # Qwen2, Phi-2: biases on the q, k and v projections
+    family: str = "llama"  # Hugging Face model_type, used when exporting
+    # Structure, by family.
+    norm: Literal["rms", "layer"] = "rms"  # Phi-2: LayerNorm with bias
+    norm_offset: float = 0.0  # Gemma: RMSNorm scales by (1 + weight)
+    block: Literal["sequential", "sandwich", "parallel"] = "sequential"  # Gemma-2 / Phi-2
+    mlp: Literal["gated", "plain"] = "gated"  # Phi-2: fc2(act(fc1(x)))
+    activation: Literal["silu", "gelu_tanh", "gelu"] = "silu"  # Gemma, Phi-2: tanh GELU
+    mlp_bias: bool = False  # Phi-2
+    attention_out_bias: bool = False  # Phi-2's dense
+    lm_head_bias: bool = False  # Phi-2
+    qk_norm: bool = False  # Qwen3: RMSNorm on each query and key head
+    partial_rotary_factor: float = 1.0  # Phi-2: rotary embedding on the first 40% of a head
+    embed_scale: bool = False  # Gemma: embeddings times sqrt(hidden_size)
+    query_pre_attn_scalar: float | None = None  # Gemma-2: attention scale scalar ** -0.5
+    attn_logit_softcap: float | None = None  # Gemma-2
+    final_logit_softcap: float | None = None  # Gemma-2
+    layer_windows: tuple[int, ...] | None = None  # sliding window per layer, 0 = full (Gemma-2)
     # Execution options: they change speed and memory, not the function computed.
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # master weights
@@ -64,14 +86,27 @@ class ModelConfig:
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
                 "set head_dim explicitly"
             )
-        if self.dim_per_head % 2:
-            raise ValueError(f"head_dim={self.dim_per_head} must be even for rotary embeddings")
+        if self.rotary_dim % 2:
+            raise ValueError(f"rotary dimensions ({self.rotary_dim}) must be even")
+        if self.layer_windows is not None and len(self.layer_windows) != self.num_layers:
+            raise ValueError(f"layer_windows has {len(self.layer_windows)} entries for "
+                             f"{self.num_layers} layers")
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; supported: {FAMILIES}")
         if self.logprob_chunk <= 0:
             raise ValueError(f"logprob_chunk must be positive, got {self.logprob_chunk}")
 
     @property
     def dim_per_head(self) -> int:
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.dim_per_head * self.partial_rotary_factor)
+
+    @property
+    def attention_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.dim_per_head) ** -0.5
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -85,12 +120,17 @@ class ModelConfig:
         """Parameter count from shapes: backbone, LM head (if untied) and the reward head."""
         d, f, hd = self.hidden_size, self.intermediate_size, self.dim_per_head
         attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
-        if self.qkv_bias:
-            attn += hd * (self.num_heads + 2 * self.num_kv_heads)
-        per_layer = attn + 3 * d * f + 2 * d
-        total = self.vocab_size * d + self.num_layers * per_layer + d + (d + 1)
+        attn += hd * (self.num_heads + 2 * self.num_kv_heads) if self.qkv_bias else 0
+        attn += d if self.attention_out_bias else 0
+        attn += 2 * hd if self.qk_norm else 0
+        mlp = (3 if self.mlp == "gated" else 2) * d * f
+        mlp += (f + d) if self.mlp_bias else 0
+        norm = d * (2 if self.norm == "layer" else 1)
+        norms_per_layer = {"sequential": 2, "sandwich": 4, "parallel": 1}[self.block]
+        per_layer = attn + mlp + norms_per_layer * norm
+        total = self.vocab_size * d + self.num_layers * per_layer + norm + d  # + reward head
         if with_lm_head and not self.tie_embeddings:
-            total += d * self.vocab_size
+            total += d * self.vocab_size + (self.vocab_size if self.lm_head_bias else 0)
         return total
 
 
@@ -98,33 +138,33 @@ PRESETS: dict[str, ModelConfig] = {
     # For tests and the embedded default task: trains in seconds on a CPU.
     "tiny": ModelConfig(
         vocab_size=256, hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4,
-        num_kv_heads=2, rope_theta=10_000.0, rms_norm_eps=1e-6,
+        num_kv_heads=2, rope_theta=10_000.0, norm_eps=1e-6,
     ),
     "qwen2.5-0.5b": ModelConfig(
         vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
-        num_kv_heads=2, rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_embeddings=True,
-        qkv_bias=True,
+        num_kv_heads=2, rope_theta=1_000_000.0, norm_eps=1e-6, tie_embeddings=True,
+        qkv_bias=True, family="qwen2",
     ),
     "qwen2.5-1.5b": ModelConfig(
         vocab_size=151_936, hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
-        num_kv_heads=2, rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_embeddings=True,
-        qkv_bias=True,
+        num_kv_heads=2, rope_theta=1_000_000.0, norm_eps=1e-6, tie_embeddings=True,
+        qkv_bias=True, family="qwen2",
     ),
     "llama-3.2-1b": ModelConfig(
         vocab_size=128_256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
-        num_kv_heads=8, head_dim=64, rope_theta=500_000.0, rms_norm_eps=1e-5, tie_embeddings=True,
+        num_kv_heads=8, head_dim=64, rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=True,
         rope_scaling=RopeScaling("llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                  original_max_position_embeddings=8192),
     ),
     "llama-3-8b": ModelConfig(
         vocab_size=128_256, hidden_size=4096, intermediate_size=14_336, num_layers=32,
-        num_heads=32, num_kv_heads=8, rope_theta=500_000.0, rms_norm_eps=1e-5,
+        num_heads=32, num_kv_heads=8, rope_theta=500_000.0, norm_eps=1e-5,
     ),
     # Mistral-7B-v0.1, the paper's larger backbone. Its 4,096-token sliding window equals the
     # longest sequence trained here, so full causal attention computes the same function.
     "mistral-7b": ModelConfig(
         vocab_size=32_000, hidden_size=4096, intermediate_size=14_336, num_layers=32, num_heads=32,
-        num_kv_heads=8, rope_theta=10_000.0, rms_norm_eps=1e-5,
+        num_kv_heads=8, rope_theta=10_000.0, norm_eps=1e-5, family="mistral",
     ),
 }
 
@@ -135,3 +175,18 @@ def preset(name: str, **overrides) -> ModelConfig:
         raise ValueError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
     changes = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(PRESETS[name], **changes)
+
+
+def to_dict(cfg: ModelConfig) -> dict:
+    """JSON-ready description of `cfg` (saved in every workdir as model_config.json)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(fields: dict) -> ModelConfig:
+    """Inverse of `to_dict`."""
+    fields = dict(fields)
+    if fields.get("rope_scaling") is not None:
+        fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
+    if fields.get("layer_windows") is not None:
+        fields["layer_windows"] = tuple(fields["layer_windows"])
+    return ModelConfig(**fields)

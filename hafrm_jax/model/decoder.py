@@ -1,4 +1,4 @@
-"""A Flax Linen decoder of the Llama family: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+"""A Flax Linen pre-norm decoder: Llama, Mistral, Qwen2/3, Gemma 1/2 and Phi-2 in one module.
 
 Parameter names follow Hugging Face's (`q_proj`, `gate_proj`, `input_layernorm`, ...) so that
 weight conversion is a table, and every weight carries logical axis names
@@ -19,6 +19,7 @@ from hafrm_jax.model.config import ModelConfig, RopeScaling
 _INIT_STD = 0.02  # Hugging Face's default `initializer_range`
 _QUERY_AXES = ("act_batch", "act_length", "act_heads", "act_head_dim")
 _KV_AXES = ("act_batch", "act_length", "act_kv_heads", "act_head_dim")
+_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: a fully masked row cannot give NaN
 
 
 def normal_init(axes: tuple[str | None, ...]):
@@ -29,9 +30,9 @@ def zeros_init(axes: tuple[str | None, ...]):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
-def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> jax.Array:
-    """Inverse frequencies [head_dim // 2] of the rotary embedding, with optional scaling."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+def rope_frequencies(rotary_dim: int, theta: float, scaling: RopeScaling | None) -> jax.Array:
+    """Inverse frequencies [rotary_dim // 2] of the rotary embedding, with optional scaling."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
     if scaling is None:
         return inv_freq
     if scaling.kind == "linear":
@@ -52,41 +53,82 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotates x [batch, seq, heads, head_dim] by positions [batch, seq] (halves layout, as HF)."""
-    angles = positions[:, :, None].astype(jnp.float32) * inv_freq  # [batch, seq, head_dim/2]
+    """Rotates the first 2 * len(inv_freq) dims of x [batch, seq, heads, head_dim] by positions
+    [batch, seq] (the "halves" layout of Hugging Face); the remaining dims pass through."""
+    rot = 2 * inv_freq.shape[0]
+    angles = positions[:, :, None].astype(jnp.float32) * inv_freq  # [batch, seq, rot/2]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    x1, x2 = jnp.split(x[..., :rot].astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return rotated.astype(x.dtype)
+    return jnp.concatenate([rotated.astype(x.dtype), x[..., rot:]], axis=-1)
 
 
-class RMSNorm(nn.Module):
-    """Root-mean-square layer norm, normalised in float32 and cast back to the compute dtype."""
+def activation(name: str):
+    return {"silu": nn.silu, "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+            "gelu": lambda x: nn.gelu(x, approximate=False)}[name]
+
+
+class Norm(nn.Module):
+    """RMSNorm (weight, optionally as 1 + weight) or LayerNorm (weight and bias), in float32."""
 
     config: ModelConfig
+    axis_name: str = "norm"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param(
-            "scale",
-            nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-            (x.shape[-1],),
-            self.config.weight_dtype,
-        )
+        cfg = self.config
+        dim = x.shape[-1]
+        init = nn.initializers.zeros_init() if cfg.norm_offset else nn.initializers.ones_init()
+        scale = self.param("scale", nn.with_logical_partitioning(init, (self.axis_name,)),
+                           (dim,), cfg.weight_dtype).astype(jnp.float32)
         x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True)
-                                     + self.config.rms_norm_eps)
-        return (normed * scale.astype(jnp.float32)).astype(self.config.compute_dtype)
+        if cfg.norm == "layer":
+            bias = self.param("bias", zeros_init((self.axis_name,)), (dim,), cfg.weight_dtype)
+            centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+            normed = centred * jax.lax.rsqrt(jnp.mean(centred ** 2, axis=-1, keepdims=True)
+                                             + cfg.norm_eps)
+            return (normed * scale + bias.astype(jnp.float32)).astype(cfg.compute_dtype)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+        return (normed * (scale + cfg.norm_offset)).astype(cfg.compute_dtype)
+
+
+def attention_mask(attention_mask: jax.Array, positions: jax.Array,
+                   window: jax.Array | int) -> jax.Array:
+    """Boolean [batch, seq, seq]: causal, padding keys hidden, optional sliding window.
+
+    Each query also sees itself, so the rows of padding queries are never empty. window > 0
+    keeps keys with q - k < window (Hugging Face's convention); 0 means full attention.
+    """
+    seq = attention_mask.shape[-1]
+    causal = jnp.tril(jnp.ones((seq, seq), jnp.bool_))
+    mask = causal[None] & attention_mask[:, None, :].astype(jnp.bool_)
+    distance = positions[:, :, None] - positions[:, None, :]
+    mask &= (window <= 0) | (distance < window)
+    return mask | jnp.eye(seq, dtype=jnp.bool_)[None]
+
+
+def dot_product_attention(q, k, v, mask, scale: float, softcap: float | None) -> jax.Array:
+    """Grouped-query attention in float32 softmax. q [b, t, heads, d], k/v [b, s, kv, d]."""
+    b, t, heads, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, heads // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, d)
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention with rotary position embeddings."""
+    """Grouped-query self-attention with (partial) rotary embeddings and optional q/k norms."""
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, padding_mask: jax.Array,
+                 window: jax.Array) -> jax.Array:
         cfg = self.config
         hd = cfg.dim_per_head
 
@@ -101,60 +143,81 @@ class Attention(nn.Module):
         q = projection("q_proj", cfg.num_heads, "heads")(x)  # [batch, seq, heads, head_dim]
         k = projection("k_proj", cfg.num_kv_heads, "kv_heads")(x)  # [batch, seq, kv, head_dim]
         v = projection("v_proj", cfg.num_kv_heads, "kv_heads")(x)
-        inv_freq = rope_frequencies(hd, cfg.rope_theta, cfg.rope_scaling)
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
-        q = nn.with_logical_constraint(q, _QUERY_AXES)
-        k = nn.with_logical_constraint(k, _KV_AXES)
+        if cfg.qk_norm:
+            q = Norm(cfg, axis_name="head_dim", name="q_norm")(q)
+            k = Norm(cfg, axis_name="head_dim", name="k_norm")(k)
+        inv_freq = rope_frequencies(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
+        q = nn.with_logical_constraint(apply_rope(q, positions, inv_freq), _QUERY_AXES)
+        k = nn.with_logical_constraint(apply_rope(k, positions, inv_freq), _KV_AXES)
         v = nn.with_logical_constraint(v, _KV_AXES)
-        if mask is None:  # right-padded batch: causality alone hides the padding from real tokens
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                               implementation=_attention_impl(cfg))
+        if cfg.attention_impl == "cudnn":  # right-padded batches: causality hides the padding
+            out = jax.nn.dot_product_attention(q, k, v, scale=cfg.attention_scale,
+                                               is_causal=True, implementation="cudnn")
         else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                               implementation=_attention_impl(cfg))
+            mask = attention_mask(padding_mask, positions, window)
+            out = dot_product_attention(q, k, v, mask, cfg.attention_scale,
+                                        cfg.attn_logit_softcap)
         out = nn.with_logical_constraint(out, _QUERY_AXES)
         return nn.DenseGeneral(
-            features=cfg.hidden_size, axis=(-2, -1), use_bias=False, name="o_proj",
-            kernel_init=normal_init(("heads", "head_dim", "embed")),
+            features=cfg.hidden_size, axis=(-2, -1), use_bias=cfg.attention_out_bias,
+            name="o_proj", kernel_init=normal_init(("heads", "head_dim", "embed")),
+            bias_init=zeros_init(("embed",)),
             dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
         )(out)
 
 
-def _attention_impl(cfg: ModelConfig) -> str | None:
-    return None if cfg.attention_impl == "xla" else cfg.attention_impl
-
-
 class MLP(nn.Module):
-    """SwiGLU feed-forward block: down(silu(gate(x)) * up(x))."""
+    """Gated (down(act(gate(x)) * up(x))) or plain (fc2(act(fc1(x)))) feed-forward block."""
 
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
+        act = activation(cfg.activation)
 
         def dense(name, features, axes):
-            return nn.Dense(features, use_bias=False, name=name, kernel_init=normal_init(axes),
+            return nn.Dense(features, use_bias=cfg.mlp_bias, name=name,
+                            kernel_init=normal_init(axes), bias_init=zeros_init(axes[1:]),
                             dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
 
-        gate = dense("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
-        up = dense("up_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
-        h = nn.with_logical_constraint(nn.silu(gate) * up, ("act_batch", "act_length", "act_mlp"))
-        return dense("down_proj", cfg.hidden_size, ("mlp", "embed"))(h)
+        if cfg.mlp == "gated":
+            h = act(dense("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x)) * dense(
+                "up_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+            down = "down_proj"
+        else:
+            h = act(dense("fc1", cfg.intermediate_size, ("embed", "mlp"))(x))
+            down = "fc2"
+        h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
+        return dense(down, cfg.hidden_size, ("mlp", "embed"))(h)
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm transformer block, shaped as an `nn.scan` body: (carry, *broadcast) -> carry."""
+    """One transformer block, shaped as an `nn.scan` body: (carry, *broadcast, window) -> carry.
+
+    sequential (Llama): x + attn(norm(x)), then + mlp(norm(.))
+    sandwich (Gemma-2):  x + norm(attn(norm(x))), then + norm(mlp(norm(.)))
+    parallel (Phi-2):    x + attn(norm(x)) + mlp(norm(x)), one shared norm
+    """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask):
-        x = x + Attention(self.config, name="self_attn")(
-            RMSNorm(self.config, name="input_layernorm")(x), positions, mask)
-        x = x + MLP(self.config, name="mlp")(
-            RMSNorm(self.config, name="post_attention_layernorm")(x))
+    def __call__(self, x, positions, padding_mask, window):
+        cfg = self.config
+        attn = Attention(cfg, name="self_attn")
+        mlp = MLP(cfg, name="mlp")
+        h = Norm(cfg, name="input_layernorm")(x)
+        if cfg.block == "parallel":
+            x = x + attn(h, positions, padding_mask, window) + mlp(h)
+        elif cfg.block == "sandwich":
+            x = x + Norm(cfg, name="post_attention_layernorm")(
+                attn(h, positions, padding_mask, window))
+            x = x + Norm(cfg, name="post_feedforward_layernorm")(
+                mlp(Norm(cfg, name="pre_feedforward_layernorm")(x)))
+        else:
+            x = x + attn(h, positions, padding_mask, window)
+            x = x + mlp(Norm(cfg, name="post_attention_layernorm")(x))
         return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed")), None
 
 
@@ -183,34 +246,28 @@ class Decoder(nn.Module):
             layer,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, 0),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg)
-        self.norm = RMSNorm(cfg)
+        self.norm = Norm(cfg)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """attention_mask [batch, seq] is 1 at real tokens; padding may be on either side."""
+        cfg = self.config
+        if cfg.attention_impl == "cudnn" and (cfg.layer_windows or cfg.attn_logit_softcap):
+            raise ValueError("attention_impl='cudnn' supports neither sliding windows nor "
+                             "attention softcapping; use 'xla'")
         attention_mask = attention_mask.astype(jnp.bool_)
         # Positions count real tokens only, so left and right padding give the same function.
         positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
         x = self.embed_tokens(input_ids)
+        if cfg.embed_scale:
+            x = x * jnp.asarray(cfg.hidden_size ** 0.5, cfg.weight_dtype).astype(x.dtype)
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
-        x, _ = self.layers(x, positions, self._attention_mask(attention_mask))
+        windows = jnp.asarray(cfg.layer_windows or (0,) * cfg.num_layers, jnp.int32)
+        x, _ = self.layers(x, positions, attention_mask, windows)
         return self.norm(x)
-
-    def _attention_mask(self, attention_mask: jax.Array) -> jax.Array | None:
-        """Causal mask that also hides padding keys: [batch, 1, seq, seq], or None for cuDNN.
-
-        Each query also sees itself, so that the rows of padding queries are never empty (an
-        all-masked softmax row would put NaN into the backward pass).
-        """
-        if self.config.attention_impl == "cudnn":
-            return None  # cuDNN path: right-padded batches, causal masking only
-        seq = attention_mask.shape[-1]
-        causal = jnp.tril(jnp.ones((seq, seq), jnp.bool_))
-        keys = attention_mask[:, None, None, :]
-        return (causal & keys) | jnp.eye(seq, dtype=jnp.bool_)
 
     def output_embedding(self) -> jax.Array:
         """The input embedding [vocab, hidden], for models whose LM head is tied to it."""

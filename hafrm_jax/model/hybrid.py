@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from hafrm_jax.model.config import ModelConfig
 from hafrm_jax.model.decoder import Decoder, normal_init, zeros_init
-from hafrm_jax.model.readout import gather_last_token, sequence_logprobs
+from hafrm_jax.model.readout import gather_last_token, lm_logits, sequence_logprobs
 
 
 class HybridOutput(NamedTuple):
@@ -23,15 +23,20 @@ class HybridOutput(NamedTuple):
 
 
 class LMHead(nn.Module):
-    """The untied policy head's matrix [hidden, vocab] (applied in chunks by the readout)."""
+    """The untied policy head: kernel [hidden, vocab] and, for Phi-2, bias [vocab]. Returns
+    them rather than applying them, because the readout applies them a chunk at a time."""
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self) -> jax.Array:
+    def __call__(self) -> tuple[jax.Array, jax.Array | None]:
         cfg = self.config
-        return self.param("kernel", normal_init(("embed", "vocab")),
-                          (cfg.hidden_size, cfg.vocab_size), cfg.weight_dtype)
+        kernel = self.param("kernel", normal_init(("embed", "vocab")),
+                            (cfg.hidden_size, cfg.vocab_size), cfg.weight_dtype)
+        bias = None
+        if cfg.lm_head_bias:
+            bias = self.param("bias", zeros_init(("vocab",)), (cfg.vocab_size,), cfg.weight_dtype)
+        return kernel, bias
 
 
 class HybridRewardModel(nn.Module):
@@ -48,16 +53,17 @@ class HybridRewardModel(nn.Module):
         if not self.config.tie_embeddings:
             self.lm_head = LMHead(self.config)
         # Zero-initialised, so that every reward starts at exactly 0 and the first BT gradients
-        # come from the data, not from a random head.
+        # come from the data, not from a random head. No bias: BT is blind to it, and without
+        # one the head is exactly Hugging Face's `score` layer.
         self.reward_head = nn.Dense(
-            1, dtype=jnp.float32, param_dtype=self.config.weight_dtype,
-            kernel_init=zeros_init(("embed", None)), bias_init=zeros_init((None,)),
+            1, use_bias=False, dtype=jnp.float32, param_dtype=self.config.weight_dtype,
+            kernel_init=zeros_init(("embed", None)),
         )
 
-    def lm_weight(self) -> jax.Array:
-        """The policy head's matrix [hidden, vocab]."""
+    def lm_head_params(self) -> tuple[jax.Array, jax.Array | None]:
+        """The policy head: matrix [hidden, vocab] and optional bias [vocab]."""
         if self.config.tie_embeddings:
-            return self.backbone.output_embedding().T
+            return self.backbone.output_embedding().T, None
         return self.lm_head()
 
     def __call__(
@@ -77,12 +83,18 @@ class HybridRewardModel(nn.Module):
         if with_logprobs or self.is_initializing():
             if response_mask is None:
                 raise ValueError("response_mask is required for log-probs")
-            logprobs = sequence_logprobs(hidden, self.lm_weight(), input_ids, response_mask,
-                                         self.config.logprob_chunk)
+            weight, bias = self.lm_head_params()
+            logprobs = sequence_logprobs(hidden, weight, input_ids, response_mask,
+                                         self.config.logprob_chunk, bias,
+                                         self.config.final_logit_softcap)
         return HybridOutput(rewards, logprobs)
 
     def logits(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """Full LM logits [batch, seq, vocab] in float32: for parity checks and small inputs only."""
         hidden = self.backbone(input_ids, attention_mask)
-        return jnp.einsum("bsd,dv->bsv", hidden, self.lm_weight().astype(hidden.dtype),
-                          preferred_element_type=jnp.float32)
+        weight, bias = self.lm_head_params()
+        return lm_logits(hidden, weight, bias, self.config.final_logit_softcap)
+
+    def rewards(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """Reward-head scores [batch] of whole sequences (no response mask needed)."""
+        return self(input_ids, attention_mask, with_logprobs=False).rewards

@@ -36,21 +36,36 @@ def next_token_targets(input_ids: jax.Array, response_mask: jax.Array):
     return targets, weights
 
 
+def lm_logits(hidden: jax.Array, lm_weight: jax.Array, lm_bias: jax.Array | None = None,
+              softcap: float | None = None) -> jax.Array:
+    """float32 logits [..., vocab] = hidden @ weight (+ bias), optionally soft-capped (Gemma-2)."""
+    logits = jnp.einsum("...d,dv->...v", hidden, lm_weight.astype(hidden.dtype),
+                        preferred_element_type=jnp.float32)
+    if lm_bias is not None:
+        logits = logits + lm_bias.astype(jnp.float32)
+    if softcap is not None:
+        logits = jnp.tanh(logits / softcap) * softcap
+    return logits
+
+
 def sequence_logprobs(
     hidden: jax.Array,
     lm_weight: jax.Array,
     input_ids: jax.Array,
     response_mask: jax.Array,
     chunk_size: int,
+    lm_bias: jax.Array | None = None,
+    softcap: float | None = None,
 ) -> jax.Array:
     """Sum of response-token log-probs [batch] under the LM head, in float32.
 
     Args:
       hidden: final hidden states [batch, seq, hidden] (compute dtype).
-      lm_weight: LM-head matrix [hidden, vocab].
+      lm_weight: LM-head matrix [hidden, vocab]; lm_bias [vocab] where the head has one.
       input_ids: [batch, seq] token ids.
       response_mask: [batch, seq], 1 at response tokens (EOS included).
       chunk_size: sequence positions per chunk. Peak logits memory is batch*chunk*vocab floats.
+      softcap: final-logit soft cap (Gemma-2), applied before the log-softmax.
     """
     batch, seq, _ = hidden.shape
     targets, weights = next_token_targets(input_ids, response_mask)
@@ -64,11 +79,9 @@ def sequence_logprobs(
     def to_chunks(x):  # [batch, seq, ...] -> [chunks, batch, chunk, ...]
         return jnp.moveaxis(x.reshape(batch, num_chunks, chunk_size, *x.shape[2:]), 1, 0)
 
-    w = lm_weight.astype(hidden.dtype)
-
     @jax.checkpoint  # the backward pass recomputes each chunk's logits instead of storing them
     def chunk_logprobs(h, t, m):
-        logits = jnp.einsum("bcd,dv->bcv", h, w, preferred_element_type=jnp.float32)
+        logits = lm_logits(h, lm_weight, lm_bias, softcap)  # [batch, chunk, vocab] float32
         target_logits = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
         token_logprobs = target_logits - jax.nn.logsumexp(logits, axis=-1)
         return jnp.sum(token_logprobs * m, axis=-1)  # [batch]

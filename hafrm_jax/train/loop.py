@@ -25,6 +25,9 @@ from hafrm_jax.checkpoint import RunCheckpoints, abstract_like
 from hafrm_jax.data.batching import EpochSampler, make_batch
 from hafrm_jax.data.pipeline import PreparedData, load_tokenizer, prepare_data
 from hafrm_jax.evaluation import eval_batch_size, make_score_fn, pair_metrics, score_pairs
+from hafrm_jax.hf.checkpoint import original_hf_config, resolve_checkpoint
+from hafrm_jax.model.config import ModelConfig
+from hafrm_jax.model.config import to_dict as model_config_to_dict
 from hafrm_jax.sharding import (batch_sharding, data_parallel_size, host_batch_to_global,
                                 make_mesh, process_rows)
 from hafrm_jax.train.metrics_writer import MetricsWriter
@@ -79,10 +82,15 @@ def _write_json(path: str, obj) -> None:
         os.replace(tmp, path)
 
 
-def _save_run_files(config, workdir: str, tokenizer) -> None:
-    """config.json and the tokenizer, so that eval and export need nothing but the workdir."""
+def _save_run_files(config, workdir: str, tokenizer, model_config: ModelConfig,
+                    pretrained: str | None) -> None:
+    """config.json, model_config.json, the tokenizer and (for a pretrained start) the original
+    hf_config.json: eval and export then need nothing but the workdir."""
     if jax.process_index() != 0:
         return
+    _write_json(os.path.join(workdir, "model_config.json"), model_config_to_dict(model_config))
+    if pretrained is not None:
+        _write_json(os.path.join(workdir, "hf_config.json"), original_hf_config(pretrained))
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
@@ -104,17 +112,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     configuration.validate(config)
     os.makedirs(workdir, exist_ok=True)
     t = config.train
-    loss_config = configuration.loss_config(config)
+    pretrained = resolve_checkpoint(config.model.name_or_path) if config.model.name_or_path \
+        else None
+    loss_config = configuration.loss_config(config, pretrained)
     objective = loss_config.objective
 
     # Data.
-    tokenizer = load_tokenizer(config)
+    tokenizer = load_tokenizer(config, pretrained)
     if len(tokenizer) > loss_config.model.vocab_size:
         raise configuration.ConfigError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
             f"{loss_config.model.vocab_size}")
     data: PreparedData = prepare_data(config, tokenizer)
-    _save_run_files(config, workdir, tokenizer)
+    _save_run_files(config, workdir, tokenizer, loss_config.model, pretrained)
     splits = data.splits
     for name, split in splits.items():
         log.info("%s: %d pairs, %d tokens", name, len(split), split.num_tokens())
@@ -129,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             f"train.batch_size / train.grad_accum_steps = {micro} pairs must be divisible by the "
             f"data-parallel size {dp} (mesh {dict(mesh.shape)})")
     optimizer, schedule = make_optimizer(config.optim, t.steps)
-    params, params_sh = init_params(loss_config.model, t.seed, mesh, rules)
+    params, params_sh = init_params(loss_config.model, t.seed, mesh, rules, pretrained)
     state, state_sh = create_train_state(params, params_sh, optimizer, t.seed, mesh)
     eval_bs = eval_batch_size(t.eval_batch_size, mesh, rules)
     score = functools.partial(score_pairs, batch_size=eval_bs,
@@ -141,7 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if objective.uses_policy:
         cached = [n for n in splits if not (n == "train" and objective.reference == "online")]
         key = reference.fingerprint({n: splits[n] for n in cached},
-                                    {"model": repr(loss_config.model), "seed": t.seed})
+                                    {"model": repr(loss_config.model), "seed": t.seed,
+                                     "pretrained": config.model.name_or_path})
         refs = reference.load_cache(workdir, key)
         if refs is None:
             logp_fn = make_score_fn(loss_config.model, mesh, rules, with_rewards=False,

@@ -41,9 +41,21 @@ def param_shardings(model_config: ModelConfig, mesh: Mesh, rules: Rules):
     return logical_to_sharding(boxed, mesh, rules)
 
 
-def init_params(model_config: ModelConfig, seed: int, mesh: Mesh, rules: Rules):
-    """Randomly initialised params, each created on its own shards. Returns (params, shardings)."""
+def abstract_params(model_config: ModelConfig) -> Any:
+    """Shape/dtype structs of the params pytree (no memory allocated)."""
+    return nn.meta.unbox(jax.eval_shape(_init_fn(model_config), jax.random.PRNGKey(0)))
+
+
+def init_params(model_config: ModelConfig, seed: int, mesh: Mesh, rules: Rules,
+                pretrained_dir: str | None = None):
+    """Starting params, each created on its own shards: random from `seed`, or streamed from a
+    Hugging Face checkpoint directory. Returns (params, shardings)."""
     shardings = param_shardings(model_config, mesh, rules)
+    if pretrained_dir is not None:
+        from hafrm_jax.hf.checkpoint import load_pretrained_params
+
+        return load_pretrained_params(pretrained_dir, model_config, shardings,
+                                      abstract_params(model_config)), shardings
     init = _init_fn(model_config)
     params = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(
         jax.random.PRNGKey(seed))

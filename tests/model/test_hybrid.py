@@ -27,7 +27,8 @@ def init(cfg, seed=0, randomize_reward_head=True):
 
 def test_reward_head_starts_at_zero(tiny_config):
     _, params = init(tiny_config, randomize_reward_head=False)
-    assert not np.any(params["reward_head"]["kernel"]) and not np.any(params["reward_head"]["bias"])
+    assert not np.any(params["reward_head"]["kernel"])
+    assert set(params["reward_head"]) == {"kernel"}  # no bias: exactly HF's `score` layer
 
 
 def test_reward_read_at_last_real_token_left_or_right_padding(tiny_config):

@@ -1,0 +1,39 @@
+"""Export a trained reward model as a Hugging Face checkpoint.
+
+  python export.py --workdir=runs/hh --out=exported/hh-rm            # ForSequenceClassification
+  python export.py --workdir=runs/hh --out=exported/hh-policy --head=policy   # ForCausalLM
+
+The reward model loads unchanged in transformers (AutoModelForSequenceClassification), trl,
+OpenRLHF and vLLM; `score` is the reward head. Only safetensors are written.
+"""
+
+import logging
+
+from absl import app, flags
+
+from hafrm_jax.hf.export import DTYPES, export_checkpoint
+from hafrm_jax.workdir import load_run
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export.", required=True)
+_OUT = flags.DEFINE_string("out", None, "Output directory (must not exist).", required=True)
+_HEAD = flags.DEFINE_enum("head", "reward", ["reward", "policy"],
+                          "reward: <Family>ForSequenceClassification; policy: <Family>ForCausalLM.")
+_PARAMS = flags.DEFINE_enum("params", "best", ["best", "latest"],
+                            "best: the best validation accuracy; latest: the last checkpoint.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Weight dtype in the export.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
+
+
+def main(argv):
+    del argv
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    run = load_run(_WORKDIR.value, _PARAMS.value)
+    out = export_checkpoint(run.params, run.model_config, run.tokenizer, _OUT.value,
+                            head=_HEAD.value, base_config=run.hf_config, dtype=_DTYPE.value,
+                            overwrite=_OVERWRITE.value)
+    print(f"exported step {run.step} of {_WORKDIR.value} ({_HEAD.value} head, {_DTYPE.value}) "
+          f"to {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

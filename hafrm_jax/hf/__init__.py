@@ -1,0 +1,1 @@
+"""Hugging Face interop: configs, streamed safetensors weights, tokenizers, and export."""

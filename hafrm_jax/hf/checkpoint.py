@@ -1,0 +1,57 @@
+"""Pretrained checkpoints in: `model.name_or_path` -> (ModelConfig, sharded params, tokenizer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+
+from hafrm_jax.hf.config import load_hf_config, model_config_from_hf
+from hafrm_jax.hf.weights import load_params
+from hafrm_jax.model.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+_DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+
+
+def resolve_checkpoint(name_or_path: str) -> str:
+    """A local checkpoint directory: `name_or_path` itself, or a hub download when online."""
+    if os.path.isdir(name_or_path):
+        if not os.path.exists(os.path.join(name_or_path, "config.json")):
+            raise FileNotFoundError(f"{name_or_path} has no config.json: not a Hugging Face "
+                                    "checkpoint directory")
+        return name_or_path
+    if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model.name_or_path={name_or_path!r} is not a directory")
+    from huggingface_hub import snapshot_download
+
+    log.info("downloading %s from the Hugging Face hub (safetensors only)", name_or_path)
+    try:
+        return snapshot_download(name_or_path, allow_patterns=_DOWNLOAD_PATTERNS)
+    except Exception as e:  # offline, unknown repo, gated model, ...
+        raise FileNotFoundError(
+            f"model.name_or_path={name_or_path!r} is neither a local directory nor a hub "
+            f"model that could be downloaded ({type(e).__name__}: {e})") from e
+
+
+def pretrained_model_config(directory: str, **execution: Any) -> ModelConfig:
+    return model_config_from_hf(load_hf_config(directory), **execution)
+
+
+def load_pretrained_params(directory: str, model_config: ModelConfig, shardings: Any,
+                           abstract: Any) -> Any:
+    """Params streamed from `directory` onto `shardings` (see `hafrm_jax.hf.weights`)."""
+    params = load_params(directory, model_config, shardings, abstract)
+    log.info("loaded %s (%.1fM params)", directory,
+             sum(x.size for x in jax.tree_util.tree_leaves(params)) / 1e6)
+    return params
+
+
+def original_hf_config(directory: str) -> dict:
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+        return json.load(f)
+

@@ -1,0 +1,89 @@
+"""Reading a finished (or running) training workdir back: config, model, params, tokenizer.
+
+Everything comes from files the run wrote (config.json, model_config.json, tokenizer/,
+hf_config.json, orbax checkpoints), so export and evaluation need no network and no data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Literal
+
+import jax
+import ml_collections
+
+from hafrm_jax import configuration
+from hafrm_jax.checkpoint import RunCheckpoints
+from hafrm_jax.model.config import ModelConfig, from_dict
+from hafrm_jax.sharding import Rules, make_mesh
+from hafrm_jax.train.optimizer import make_optimizer
+from hafrm_jax.train.state import abstract_params, param_shardings, state_shardings
+
+
+@dataclasses.dataclass
+class Run:
+    config: ml_collections.ConfigDict
+    model_config: ModelConfig
+    params: Any
+    tokenizer: Any
+    step: int  # the step the params are from
+    hf_config: dict | None  # the pretrained checkpoint's config.json, if the run started from one
+
+
+def _read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_run(workdir: str, which: Literal["best", "latest"] = "best", mesh=None,
+             rules: Rules | None = None) -> Run:
+    """The params of `workdir`: the best by validation accuracy, or the latest checkpoint."""
+    for name in ("config.json", "model_config.json"):
+        if not os.path.exists(os.path.join(workdir, name)):
+            raise FileNotFoundError(f"{workdir} is not a training workdir: it has no {name}")
+    config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
+    model_config = from_dict(_read_json(os.path.join(workdir, "model_config.json")))
+    mesh = mesh or make_mesh()
+    rules = rules or configuration.logical_rules(config)
+    shardings = param_shardings(model_config, mesh, rules)
+    shapes = abstract_params(model_config)
+    abstract = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    checkpoints = RunCheckpoints(workdir, keep=config.train.keep_checkpoints)
+    try:
+        if which == "best":
+            if checkpoints.best_step() is None:
+                raise FileNotFoundError(f"{workdir} has no best checkpoint yet")
+            params, meta = checkpoints.restore_best(abstract)
+            step = meta["step"]
+        else:
+            step = checkpoints.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"{workdir} has no checkpoint yet")
+            optimizer, _ = make_optimizer(config.optim, config.train.steps)
+            state_sh = state_shardings(optimizer, shardings, shapes, mesh)
+            abstract_state = jax.tree_util.tree_map(
+                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                _abstract_state(optimizer, shapes), state_sh)
+            state, _ = checkpoints.restore(step, abstract_state)
+            params = state.params
+    finally:
+        checkpoints.close()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(workdir, "tokenizer"))
+    hf_path = os.path.join(workdir, "hf_config.json")
+    hf_config = _read_json(hf_path) if os.path.exists(hf_path) else None
+    return Run(config, model_config, params, tokenizer, step, hf_config)
+
+
+def _abstract_state(optimizer, shapes):
+    import jax.numpy as jnp
+
+    from hafrm_jax.train.state import TrainState
+
+    return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes,
+                      opt_state=jax.eval_shape(optimizer.init, shapes),
+                      rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
