@@ -12,15 +12,23 @@ import logging
 import os
 import time
 
+import jax
+
 from absl import app, flags
 from ml_collections import config_flags
 
+from hafrm_jax import distributed
 from hafrm_jax.train.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/default.py", "Training recipe: a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints and metrics go; default: a new folder under runs/.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a multi-process job that the "
+    "environment does not describe (TPU pods, SLURM and Open MPI need no flag).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
 
 def default_workdir(config_path: str) -> str:
@@ -33,7 +41,11 @@ def main(argv):
     logging.getLogger().setLevel(logging.INFO)  # this library's progress notes
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend tpu"
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+    if jax.process_count() > 1 and not _WORKDIR.value:
+        raise app.UsageError("a multi-process job needs an explicit --workdir that every "
+                             "process sees (shared storage)")
     result = train_and_evaluate(_CONFIG.value, workdir)
     if not result.completed:
         print(f"stopped at step {result.step}; resume with: python train.py "

@@ -1,40 +1,27 @@
-"""HH-RLHF (helpful-base + harmless-base) with the paper's recipe.
+"""HH-RLHF, helpful-base + harmless-base, with the paper's recipe (configs/_paper.py).
 
-Needs a pretrained backbone and its tokenizer (`model.name_or_path`) and the HH-RLHF reader;
-until both are available this config stops before training with a message saying so.
+Reads Anthropic/hh-rlhf from the hub when online, or local copies of its files:
+  python train.py --config=configs/hh.py \
+    --config.data.hub.path= \
+    --config.data.files.train=/data/hh-rlhf/helpful-base/train.jsonl.gz,/data/hh-rlhf/harmless-base/train.jsonl.gz \
+    --config.data.files.test=/data/hh-rlhf/helpful-base/test.jsonl.gz,/data/hh-rlhf/harmless-base/test.jsonl.gz
+Validation is held out of train (5%); the test split is only scored at the end.
 """
 
 import ml_collections
 
-from configs import default
+from configs import _paper
+
+SUBSETS = "helpful-base,harmless-base"
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
-    config.model.preset = "qwen2.5-0.5b"
-    config.model.dtype = "bfloat16"
-    config.model.remat = "dots"
+def get_config(subsets: str = SUBSETS) -> ml_collections.ConfigDict:
+    config = _paper.get_config()
     config.data.source = "hh_rlhf"
-    config.data.max_length = 512  # paper: 512 tokens per sequence, 128 for the prompt
-    config.data.max_prompt_length = 128
-    config.data.pad_to_multiple = 64
-    config.train.method = "haf"
-    config.train.alpha = 0.2  # paper defaults
-    config.train.beta = 0.1
-    config.train.batch_size = 16  # pairs per step, as in the paper
-    config.train.eval_batch_size = 32
-    # The authors' released code (haf-rm-anonymized/Code-for-HAF-RM, src/train_dpo_tmp.py, full
-    # fine-tuning of Phi-2): lr 1e-5, 16 pairs a step, 3,200 steps, AdamW with eps 1e-5,
-    # gradient clipping at 1.0, linear decay without warmup, no weight decay.
-    config.train.steps = 3200
-    config.train.eval_every = 80  # every 2.5% of training, as the released code evaluates
-    config.train.checkpoint_every = 400
-    config.optim.learning_rate = 1e-5
-    config.optim.schedule = "linear"
-    config.optim.warmup_steps = 0
-    config.optim.end_learning_rate_factor = 0.0
-    config.optim.b2 = 0.999
-    config.optim.eps = 1e-5
-    config.optim.weight_decay = 0.0
-    config.optim.max_grad_norm = 1.0
+    config.data.hub.path = "Anthropic/hh-rlhf"
+    config.data.hub.data_dir = subsets
+    config.data.options = ml_collections.ConfigDict({"single_turn": False})
+    # The release holds a few records with an empty response or chosen/rejected dialogues that
+    # differ before the last turn: skip them, counted and logged, rather than stop.
+    config.data.on_error = "skip"
     return config

@@ -33,15 +33,21 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str, keep: int):
         workdir = os.path.abspath(workdir)
+        # Saves run in the background on one host. With several processes they are made
+        # synchronous: orbax's background finalisation raced on CPU multi-process runs here
+        # (process 0 validated the array metadata before process 1 had written its own).
+        background = jax.process_count() == 1
         self._state = ocp.CheckpointManager(
             os.path.join(workdir, "checkpoints"),
             item_names=("state", "meta"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=background),
         )
         self._best = ocp.CheckpointManager(
             os.path.join(workdir, "best"),
             item_names=("params", "meta"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                 enable_async_checkpointing=background),
         )
 
     def latest_step(self) -> int | None:

@@ -67,8 +67,66 @@ def logical_rules(config: ml_collections.ConfigDict) -> tuple:
     return tuple(config.mesh.rules) if config.mesh.rules else DEFAULT_RULES
 
 
+# Free-form groups: reader options (checked by the reader of data.source) and named datasets.
+FREE_FORM = ("data.options", "eval.datasets")
+
+
+def _schema_types(schema: ml_collections.ConfigDict, prefix: str = "") -> dict[str, type]:
+    out = {}
+    for key in schema.keys():
+        name = f"{prefix}{key}"
+        value = schema[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            out[name] = ml_collections.ConfigDict
+            if name not in FREE_FORM:
+                out.update(_schema_types(value, f"{name}."))
+        else:
+            out[name] = schema.get_ref(key).get_type()
+    return out
+
+
+def _check_schema(config: ml_collections.ConfigDict) -> None:
+    """Unknown keys and values of the wrong type, each named."""
+    from hafrm_jax.config_schema import default_config
+
+    expected = _schema_types(default_config())
+    seen = set()
+
+    def walk(node, prefix):
+        for key in node.keys():
+            name = f"{prefix}{key}"
+            value = node[key]
+            if name not in expected and not any(name.startswith(f + ".") for f in FREE_FORM):
+                close = [k for k in expected if k.rsplit(".", 1)[-1] == key]
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"unknown config key {name!r}{hint}")
+            if name not in expected:
+                continue
+            seen.add(name)
+            want = expected[name]
+            if want is ml_collections.ConfigDict:
+                if not isinstance(value, ml_collections.ConfigDict):
+                    raise ConfigError(f"config key {name!r} must be a group of keys, got "
+                                      f"{value!r}")
+                if name not in FREE_FORM:
+                    walk(value, f"{name}.")
+            elif value is not None and not isinstance(value, want) and not (
+                    want is float and isinstance(value, int) and not isinstance(value, bool)) \
+                    and not (want is tuple and isinstance(value, list)):
+                raise ConfigError(f"config key {name!r} must be of type {want.__name__}, got "
+                                  f"{type(value).__name__} {value!r}")
+
+    walk(config, "")
+    missing = sorted(k for k in expected if k not in seen and not any(
+        k.startswith(f + ".") for f in FREE_FORM))
+    if missing:
+        raise ConfigError(f"config is missing key(s) {missing[:5]}: start recipes from "
+                          "configs/default.py's get_config()")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raise ConfigError on values that cannot work together."""
+    """Raise ConfigError on unknown keys, wrong types and values that cannot work together."""
+    _check_schema(config)
     t, d, o, m = config.train, config.data, config.optim, config.model
     _require(t.method in METHODS, f"train.method={t.method!r}: expected one of {METHODS}")
     _require(t.beta > 0, f"train.beta={t.beta}: must be positive")
@@ -92,13 +150,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"train.batch_size={t.batch_size} is not divisible by "
              f"train.grad_accum_steps={t.grad_accum_steps}")
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-                "eval_batch_size"):
+                "eval_batch_size", "max_consecutive_skips"):
         _require(t[key] > 0, f"train.{key}={t[key]}: must be positive")
     _require(0 <= d.label_noise <= 1, f"data.label_noise={d.label_noise}: must be in [0, 1]")
     _require(d.max_prompt_length < d.max_length,
              f"data.max_prompt_length={d.max_prompt_length} must be below "
              f"data.max_length={d.max_length}")
     _require(d.pad_to_multiple > 0, "data.pad_to_multiple must be positive")
+    _require(d.bucket_batches >= 1, "data.bucket_batches must be at least 1")
+    _require(d.on_error in ("raise", "skip"), f"data.on_error={d.on_error!r}: expected raise "
+             "or skip")
+    _require(d.chat_format in ("auto", "tokenizer", "hh"),
+             f"data.chat_format={d.chat_format!r}: expected auto, tokenizer or hh")
+    _require(0 < d.validation_fraction < 1, "data.validation_fraction must be in (0, 1)")
+    _require(0 <= d.test_fraction < 1, "data.test_fraction must be in [0, 1)")
+    from hafrm_jax.data.pipeline import SOURCES
+
+    _require(d.source in SOURCES, f"data.source={d.source!r}: expected one of {SOURCES}")
     _require(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}: expected one of {SCHEDULES}")
     _require(o.learning_rate > 0, "optim.learning_rate must be positive")
     _require(0 <= o.warmup_steps < t.steps,

@@ -1,8 +1,8 @@
-"""Scoring pairs with a model, and the pairwise metrics computed from the scores.
+"""Scoring pairs with a model: per-pair arrays of a whole split, on every host.
 
-`score_pairs` runs the model over a split and returns per-pair arrays on the host;
-`pair_metrics` is pure numpy on those arrays, so every metric is exact over the split (no
-averaging of padded batches) and testable against hand-computed values.
+`score_pairs` runs the model over a split and returns per-pair arrays on the host; the metrics
+(`hafrm_jax.metrics`) are pure numpy on those arrays, so every metric is exact over the split
+(no averaging of padded batches) and testable against hand-computed values.
 """
 
 from __future__ import annotations
@@ -20,15 +20,28 @@ from hafrm_jax.data.tokenize import TokenizedPairs
 from hafrm_jax.model.config import ModelConfig
 from hafrm_jax.objective import forward_pairs
 from hafrm_jax.sharding import (Rules, batch_sharding, data_parallel_size, host_batch_to_global,
-                                process_rows, replicated)
+                                replicated)
 
-ScoreFn = Callable[[Any, dict], tuple[jax.Array | None, jax.Array | None]]
+ScoreFn = Callable[[Any, dict], dict[str, jax.Array]]
+
+
+def _score(params: Any, batch: dict, *, model_config: ModelConfig, with_rewards: bool,
+           with_logprobs: bool) -> dict[str, jax.Array]:
+    rewards, logps = forward_pairs(params, batch, model_config, with_rewards=with_rewards,
+                                   with_logprobs=with_logprobs)
+    out = {"valid": batch["valid"], "index": batch["index"]}
+    for name, value in (("rewards", rewards), ("logps", logps),
+                        ("ref_logps", batch.get("ref_logps"))):
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def make_score_fn(model_config: ModelConfig, mesh: Mesh, rules: Rules, *, with_rewards: bool,
                   with_logprobs: bool) -> ScoreFn:
-    """jit(params, batch) -> (rewards, logps), each [pairs, 2] and replicated on every host."""
-    fn = functools.partial(forward_pairs, model_config=model_config, with_rewards=with_rewards,
+    """jit(params, batch) -> {"rewards", "logps" ([pairs, 2]), "ref_logps", "valid", "index"},
+    replicated, so that every host sees the scores of the whole global batch."""
+    fn = functools.partial(_score, model_config=model_config, with_rewards=with_rewards,
                            with_logprobs=with_logprobs)
     return jax.jit(fn, out_shardings=replicated(mesh))
 
@@ -39,41 +52,33 @@ def eval_batch_size(requested: int, mesh: Mesh, rules: Rules) -> int:
     return -(-requested // multiple) * multiple
 
 
-def score_pairs(score_fn: ScoreFn, params: Any, data: TokenizedPairs, batch_size: int,
-                pad_to_multiple: int, mesh: Mesh, rules: Rules) -> dict[str, np.ndarray]:
-    """Run `score_fn` over every pair of `data`: {"rewards", "logps"} -> [pairs, 2] float32."""
-    sharding = batch_sharding(mesh, rules)
-    rows = process_rows(batch_size)
-    out: dict[str, list[np.ndarray]] = {"rewards": [], "logps": []}
-    for batch, real in eval_batches(data, batch_size, pad_to_multiple):
-        batch.pop("ref_logps", None)
-        local = {k: v[rows] for k, v in batch.items()}
-        with jax.set_mesh(mesh):
-            rewards, logps = score_fn(params, host_batch_to_global(local, sharding))
-        for name, value in (("rewards", rewards), ("logps", logps)):
-            if value is not None:
-                out[name].append(np.asarray(value)[:real])
-    return {k: np.concatenate(v).astype(np.float32) for k, v in out.items() if v}
+def score_pairs(score_fn: ScoreFn, params: Any, data: TokenizedPairs, split_size: int,
+                batch_size: int, pad_to_multiple: int, mesh: Mesh,
+                rules: Rules) -> dict[str, np.ndarray]:
+    """Score a split of which this host holds `data` (all of it on one host).
 
-
-def pair_metrics(rewards: np.ndarray | None, logps: np.ndarray | None,
-                 ref_logps: np.ndarray | None, beta: float, primary: str) -> dict[str, float]:
-    """Metrics over pairs from scores [pairs, 2] (side 0 chosen). Ties count half in accuracy.
-
-    primary names the score that `accuracy` reports: "reward" (the reward head) or "implicit"
-    (DPO's implicit reward beta * (logp - ref_logp)).
+    split_size is the split's size over all hosts (an upper bound on every host's share), so
+    that all hosts run the same number of global batches of `batch_size`. Returns, on every
+    host, the arrays of the whole split in split order: "index" [pairs] and "rewards", "logps",
+    "ref_logps" [pairs, 2] where computed / present.
     """
-    out: dict[str, float] = {}
-    scores = {}
-    if rewards is not None:
-        scores["reward"] = rewards
-    if logps is not None and ref_logps is not None:
-        scores["implicit"] = beta * (logps - ref_logps)
-    for name, s in scores.items():
-        margin = s[:, 0] - s[:, 1]
-        out[f"{name}_accuracy"] = float(np.mean((margin > 0) + 0.5 * (margin == 0)))
-        out[f"{name}_ties"] = float(np.mean(margin == 0))
-        out[f"{name}_margin"] = float(np.mean(margin))
-    out["accuracy"] = out[f"{primary}_accuracy"]
-    out["num_pairs"] = float(len(next(iter(scores.values()))))
-    return out
+    sharding = batch_sharding(mesh, rules)
+    hosts = jax.process_count()
+    local_batch = batch_size // hosts
+    num_batches = -(-(-(-split_size // hosts)) // local_batch)
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in eval_batches(data, local_batch, pad_to_multiple, num_batches):
+        with jax.set_mesh(mesh):
+            out = score_fn(params, host_batch_to_global(batch, sharding))
+        keep = np.asarray(out["valid"]).astype(bool)
+        for name, value in out.items():
+            if name != "valid":
+                parts.setdefault(name, []).append(np.asarray(value)[keep])
+    merged = {name: np.concatenate(values) for name, values in parts.items()}
+    order = np.argsort(merged["index"], kind="stable")
+    return {name: value[order] for name, value in merged.items()}
+
+
+def local_rows(scores: dict[str, np.ndarray], data: TokenizedPairs) -> np.ndarray:
+    """Positions in split-ordered `scores` of this host's pairs `data`."""
+    return np.searchsorted(scores["index"], data.index)

@@ -133,13 +133,14 @@ def _flat(x: jax.Array) -> jax.Array:
 
 def forward_pairs(params: Params, batch: Batch, model_config: ModelConfig, *,
                   with_rewards: bool, with_logprobs: bool):
-    """ONE forward pass over chosen and rejected; returns (rewards, logps), each [pairs, 2] or None."""
-    pairs = batch["input_ids"].shape[0]
+    """ONE forward pass over chosen and rejected; returns (rewards, logps), each [pairs, 2] or
+    None. (Any number of sides works: [n, 1, seq] scores single responses.)"""
+    groups = batch["input_ids"].shape[:2]
     out = HybridRewardModel(model_config).apply(
         {"params": params}, _flat(batch["input_ids"]), _flat(batch["attention_mask"]),
         _flat(batch["response_mask"]), with_rewards=with_rewards, with_logprobs=with_logprobs,
     )
-    unflat = lambda x: None if x is None else x.reshape(pairs, 2)
+    unflat = lambda x: None if x is None else x.reshape(groups)
     return unflat(out.rewards), unflat(out.logprobs)
 
 

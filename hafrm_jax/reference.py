@@ -13,6 +13,7 @@ import json
 import logging
 import os
 
+import jax
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -25,17 +26,28 @@ CACHE_FILE = "reference_logps.safetensors"
 
 
 def fingerprint(splits: dict[str, TokenizedPairs], model_description: dict) -> str:
-    """sha256 over every split's tokens and the description of the reference model."""
+    """sha256 over every split's tokens (on every host) and the reference model's description.
+
+    Each host hashes its share; with several hosts the digests are gathered and hashed again,
+    so that all of them agree on one key (and all reuse, or all recompute, the cache).
+    """
     digest = hashlib.sha256(json.dumps(model_description, sort_keys=True).encode())
     for name in sorted(splits):
         data = splits[name]
         digest.update(name.encode())
-        for array in (data.tokens, data.lengths, data.prompt_lengths):
+        for array in (data.tokens, data.lengths, data.prompt_lengths, data.index):
             digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+    if jax.process_count() == 1:
+        return digest.hexdigest()
+    from jax.experimental import multihost_utils
+
+    local = np.frombuffer(digest.digest(), np.uint8)
+    return hashlib.sha256(np.asarray(multihost_utils.process_allgather(local)).tobytes()
+                          ).hexdigest()
 
 
 def load_cache(workdir: str, expected_fingerprint: str) -> dict[str, np.ndarray] | None:
+    """{"<split>.index": [pairs], "<split>.logps": [pairs, 2]} over whole splits, or None."""
     path = os.path.join(workdir, CACHE_FILE)
     if not os.path.exists(path):
         return None
@@ -47,6 +59,8 @@ def load_cache(workdir: str, expected_fingerprint: str) -> dict[str, np.ndarray]
 
 
 def save_cache(workdir: str, refs: dict[str, np.ndarray], fingerprint_: str) -> None:
+    if jax.process_index() != 0:
+        return
     path = os.path.join(workdir, CACHE_FILE)
     tmp = path + ".tmp"
     save_file({k: np.ascontiguousarray(v) for k, v in refs.items()}, tmp,

@@ -115,19 +115,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "response_mask")  # [pairs, 2, seq]
+
+
+def _common_length(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Pad every host's sequences to the longest on any host: one global array, one shape."""
+    from jax.experimental import multihost_utils
+
+    seq = batch["input_ids"].shape[-1]
+    longest = int(np.max(multihost_utils.process_allgather(np.asarray(seq, np.int32))))
+    if longest == seq:
+        return batch
+    pad = [(0, 0)] * (batch["input_ids"].ndim - 1) + [(0, longest - seq)]
+    return {k: np.pad(v, pad) if k in SEQUENCE_KEYS else v for k, v in batch.items()}
+
+
 def host_batch_to_global(batch: dict[str, np.ndarray], sharding: NamedSharding):
     """Place a host's share of a batch (its rows) into global arrays sharded over the mesh.
 
     On one host the share is the whole batch. On several, each process passes only the rows it
-    read; the global batch is their concatenation in process order.
+    read (of one shape on every host); the global batch is their concatenation in process order.
     """
+    if jax.process_count() > 1:
+        batch = _common_length(batch)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
-def process_rows(num_rows: int) -> slice:
-    """The rows of a global batch that this process reads and feeds."""
-    count = jax.process_count()
-    if num_rows % count:
-        raise ValueError(f"a batch of {num_rows} pairs cannot be split over {count} processes")
-    per = num_rows // count
-    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)

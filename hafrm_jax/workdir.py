@@ -19,7 +19,8 @@ from hafrm_jax.checkpoint import RunCheckpoints
 from hafrm_jax.model.config import ModelConfig, from_dict
 from hafrm_jax.sharding import Rules, make_mesh
 from hafrm_jax.train.optimizer import make_optimizer
-from hafrm_jax.train.state import abstract_params, param_shardings, state_shardings
+from hafrm_jax.train.state import (abstract_params, abstract_train_state, param_shardings,
+                                   state_shardings)
 
 
 @dataclasses.dataclass
@@ -66,7 +67,7 @@ def load_run(workdir: str, which: Literal["best", "latest"] = "best", mesh=None,
             state_sh = state_shardings(optimizer, shardings, shapes, mesh)
             abstract_state = jax.tree_util.tree_map(
                 lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                _abstract_state(optimizer, shapes), state_sh)
+                abstract_train_state(optimizer, shapes), state_sh)
             state, _ = checkpoints.restore(step, abstract_state)
             params = state.params
     finally:
@@ -77,13 +78,3 @@ def load_run(workdir: str, which: Literal["best", "latest"] = "best", mesh=None,
     hf_path = os.path.join(workdir, "hf_config.json")
     hf_config = _read_json(hf_path) if os.path.exists(hf_path) else None
     return Run(config, model_config, params, tokenizer, step, hf_config)
-
-
-def _abstract_state(optimizer, shapes):
-    import jax.numpy as jnp
-
-    from hafrm_jax.train.state import TrainState
-
-    return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes,
-                      opt_state=jax.eval_shape(optimizer.init, shapes),
-                      rng=jax.ShapeDtypeStruct((2,), jnp.uint32))

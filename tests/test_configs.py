@@ -44,9 +44,20 @@ def test_validation_names_the_key():
         configuration.validate(config)
 
 
-def test_hh_recipe_says_what_is_missing(tmp_path):
+def test_recipes_carry_the_paper_hyperparameters():
+    for name in ("hh", "hh_helpful", "hh_harmless", "beaver", "alpaca_farm", "chatbot_arena"):
+        config = importlib.import_module(f"configs.{name}").get_config()
+        assert (config.data.max_length, config.data.max_prompt_length) == (512, 128)
+        assert (config.train.alpha, config.train.beta, config.train.batch_size) == (0.2, 0.1, 16)
+        assert config.optim.learning_rate == 1e-5
+        assert config.data.source != "synthetic"
+
+
+def test_missing_local_model_is_a_clear_error(tmp_path):
     from configs.hh import get_config
     from hafrm_jax.train.loop import train_and_evaluate
 
-    with pytest.raises(ValueError, match="model.name_or_path"):
-        train_and_evaluate(get_config(), str(tmp_path))
+    config = get_config()
+    config.model.name_or_path = str(tmp_path / "no-such-model")
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        train_and_evaluate(config, str(tmp_path / "run"))

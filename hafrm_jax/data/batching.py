@@ -7,7 +7,6 @@ Batches are padded to a multiple of `pad_to_multiple` (bounding the number of co
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -40,18 +39,25 @@ def make_batch(data: TokenizedPairs, indices: np.ndarray, pad_to_multiple: int) 
     return batch
 
 
-@dataclasses.dataclass(frozen=True)
 class EpochSampler:
-    """Which pairs make up training batch `step`: shuffled per epoch, incomplete tails dropped."""
+    """Which pairs make up training batch `step`: a pure function of (seed, step).
 
-    num_pairs: int
-    batch_size: int
-    seed: int
+    Each epoch is a permutation drawn from (seed, epoch); incomplete tail batches are dropped.
+    With length bucketing (`bucket_batches` > 1, `lengths` given), each run of
+    `bucket_batches` batches of the permutation is sorted by length before it is cut into
+    batches, and the epoch's batches are then shuffled: pairs of similar length share a batch,
+    so padding shrinks, while the order stays random.
+    """
 
-    def __post_init__(self):
-        if self.num_pairs < self.batch_size:
-            raise ValueError(f"the training split has {self.num_pairs} pairs, fewer than one "
-                             f"batch of {self.batch_size}")
+    def __init__(self, num_pairs: int, batch_size: int, seed: int,
+                 lengths: np.ndarray | None = None, bucket_batches: int = 1):
+        if num_pairs < batch_size:
+            raise ValueError(f"the training split has {num_pairs} pairs, fewer than one batch "
+                             f"of {batch_size}")
+        self.num_pairs, self.batch_size, self.seed = num_pairs, batch_size, seed
+        self.lengths = lengths
+        self.bucket_batches = bucket_batches if lengths is not None else 1
+        self._epoch: tuple[int, np.ndarray] | None = None  # (epoch, [batches, batch_size])
 
     @property
     def batches_per_epoch(self) -> int:
@@ -62,29 +68,63 @@ class EpochSampler:
         epoch, index = divmod(step, self.batches_per_epoch)
         return {"epoch": epoch, "batch_in_epoch": index}
 
+    def _epoch_batches(self, epoch: int) -> np.ndarray:
+        if self._epoch is None or self._epoch[0] != epoch:
+            rng = np.random.default_rng((self.seed, epoch))
+            used = self.batches_per_epoch * self.batch_size
+            order = rng.permutation(self.num_pairs)[:used]
+            if self.bucket_batches > 1:
+                chunk = self.bucket_batches * self.batch_size
+                for start in range(0, used, chunk):
+                    part = order[start:start + chunk]
+                    order[start:start + chunk] = part[np.argsort(self.lengths[part], kind="stable")]
+            batches = order.reshape(self.batches_per_epoch, self.batch_size)
+            if self.bucket_batches > 1:
+                batches = batches[rng.permutation(len(batches))]
+            self._epoch = (epoch, batches)
+        return self._epoch[1]
+
     def indices(self, step: int) -> np.ndarray:
         pos = self.position(step)
-        order = np.random.default_rng((self.seed, pos["epoch"])).permutation(self.num_pairs)
-        start = pos["batch_in_epoch"] * self.batch_size
-        return order[start:start + self.batch_size]
+        return self._epoch_batches(pos["epoch"])[pos["batch_in_epoch"]]
 
 
-def eval_batches(data: TokenizedPairs, batch_size: int,
-                 pad_to_multiple: int) -> Iterator[tuple[Batch, int]]:
-    """Every pair once, in order, as (batch, number of real pairs). The last batch is filled up
-    with copies of its final pair so that all batches share one shape; drop rows past the count."""
-    for start in range(0, len(data), batch_size):
-        indices = np.arange(start, min(start + batch_size, len(data)))
-        real = len(indices)
-        if real < batch_size:
-            indices = np.concatenate([indices, np.full(batch_size - real, indices[-1])])
-        yield make_batch(data, indices, pad_to_multiple), real
+def padding_fraction(data: TokenizedPairs, sampler: EpochSampler, pad_to_multiple: int) -> float:
+    """Share of the token slots in one epoch of training batches that are padding."""
+    real = padded = 0
+    for step in range(sampler.batches_per_epoch):
+        lengths = data.lengths[sampler.indices(step)]
+        real += int(lengths.sum())
+        padded += lengths.size * padded_length(lengths, pad_to_multiple, data.tokens.shape[-1])
+    return 1.0 - real / padded
 
 
-def flip_labels(data: TokenizedPairs, rate: float, seed: int) -> tuple[TokenizedPairs, np.ndarray]:
-    """Swap chosen and rejected in round(rate * pairs) pairs drawn from `seed`: label noise."""
+def eval_batches(data: TokenizedPairs, batch_size: int, pad_to_multiple: int,
+                 num_batches: int | None = None) -> Iterator[Batch]:
+    """Every pair once, in order, in batches of `batch_size` that also carry `valid` [pairs]
+    (0 on filler rows) and `index` [pairs] (split positions). The last batch is filled up with
+    copies of a pair marked invalid, so all batches share a shape; `num_batches` appends whole
+    invalid batches, so that hosts with unequal shares run the same number of steps."""
+    count = -(-len(data) // batch_size)
+    for b in range(max(count, num_batches or 0)):
+        indices = np.arange(b * batch_size, min((b + 1) * batch_size, len(data)))
+        valid = np.ones(batch_size, np.int32)
+        valid[len(indices):] = 0
+        indices = np.concatenate([indices, np.zeros(batch_size - len(indices), np.int64)])
+        batch = make_batch(data, indices, pad_to_multiple)
+        batch["valid"] = valid
+        batch["index"] = data.index[indices].astype(np.int32)
+        yield batch
+
+
+def flip_labels(data: TokenizedPairs, rate: float, seed: int,
+                total: int | None = None) -> tuple[TokenizedPairs, np.ndarray]:
+    """Label noise: swap chosen and rejected in round(rate * total) pairs of the split, drawn
+    from `seed` by split position (`data.index`), so that every host holding a share of the
+    split flips the same pairs. Returns the flipped data and the flipped split positions."""
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"label_noise must be in [0, 1], got {rate}")
-    count = int(round(rate * len(data)))
-    flipped = np.sort(np.random.default_rng(seed).choice(len(data), size=count, replace=False))
-    return data.with_swapped(flipped), flipped
+    total = len(data) if total is None else total
+    count = int(round(rate * total))
+    flipped = np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))
+    return data.with_swapped(np.flatnonzero(np.isin(data.index, flipped))), flipped

@@ -1,36 +1,29 @@
 """From a config to tokenised train / validation / test splits, with label noise on train only.
 
-Sources are looked up in one explicit table, `SOURCES`, that maps `data.source` to a reader of
-(prompt, chosen, rejected) records per split.
+`data.source` names the record format: "synthetic" (the built-in task) or one of the readers
+in `hafrm_jax.data.readers` ("hh_rlhf", "beaver", "alpaca_farm", "chatbot_arena", "generic"),
+whose records come from local files, the Hugging Face hub or TFDS (`hafrm_jax.data.sources`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
 from hafrm_jax.data import synthetic
-from hafrm_jax.hf import tokenizer as hf_tokenizer
 from hafrm_jax.data.batching import flip_labels
+from hafrm_jax.data.readers import READERS
 from hafrm_jax.data.records import PreferencePair
+from hafrm_jax.data.sources import SPLITS, read_splits
 from hafrm_jax.data.tokenize import TokenizedPairs, TokenizeStats, tokenize_pairs
+from hafrm_jax.hf import tokenizer as hf_tokenizer
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
-
-
-def _synthetic_records(data: ml_collections.ConfigDict) -> dict[str, list[PreferencePair]]:
-    return synthetic.generate_splits(data.num_train, data.num_validation, data.num_test, data.seed)
-
-
-SOURCES: dict[str, Callable[[ml_collections.ConfigDict], dict[str, list[PreferencePair]]]] = {
-    "synthetic": _synthetic_records,
-}
+SOURCES = ("synthetic",) + tuple(READERS)
 
 
 def load_tokenizer(config: ml_collections.ConfigDict, pretrained_dir: str | None = None):
@@ -46,30 +39,59 @@ def load_tokenizer(config: ml_collections.ConfigDict, pretrained_dir: str | None
 
 @dataclasses.dataclass
 class PreparedData:
+    """This host's share of every split (all of it on one host), tokenised."""
+
     splits: dict[str, TokenizedPairs]
-    stats: dict[str, TokenizeStats]
-    flipped: np.ndarray  # indices of training pairs whose labels were flipped
+    sizes: dict[str, int]  # pairs per split over all hosts, before tokenisation
+    stats: dict[str, TokenizeStats]  # of this host's share
+    flipped: np.ndarray  # split positions of the training pairs whose labels were flipped
+    read_counts: dict[str, dict]  # per split: records read, skipped (bad input), filtered
 
 
-def load_records(config: ml_collections.ConfigDict) -> dict[str, list[PreferencePair]]:
-    source = config.data.source
-    if source not in SOURCES:
-        raise ValueError(f"unknown data.source {source!r}; available: {sorted(SOURCES)}")
-    records = SOURCES[source](config.data)
-    missing = [s for s in SPLITS if not records.get(s)]
-    if missing:
-        raise ValueError(f"data.source={source!r} produced no pairs for split(s) {missing}")
-    return records
-
-
-def prepare_data(config: ml_collections.ConfigDict, tokenizer) -> PreparedData:
-    """Tokenise every split, then flip `data.label_noise` of the training pairs."""
+def load_records(config: ml_collections.ConfigDict
+                 ) -> tuple[dict[str, list[PreferencePair]], dict[str, dict]]:
+    """Pairs per split, and per split the counts of what was read, skipped and filtered."""
     d = config.data
+    if d.source not in SOURCES:
+        raise ValueError(f"unknown data.source {d.source!r}; available: {list(SOURCES)}")
+    if d.source == "synthetic":
+        pairs = synthetic.generate_splits(d.num_train, d.num_validation, d.num_test, d.seed)
+        return pairs, {s: {"records": len(p), "skipped": {}, "filtered": {}}
+                       for s, p in pairs.items()}
+    results = read_splits(d)
+    pairs = {s: r.pairs for s, r in results.items()}
+    if d.max_train_pairs and len(pairs["train"]) > d.max_train_pairs:
+        keep = np.sort(np.random.default_rng((d.seed, 11)).choice(
+            len(pairs["train"]), d.max_train_pairs, replace=False))
+        pairs["train"] = [pairs["train"][i] for i in keep]
+        log.info("train: subsampled to data.max_train_pairs=%d", d.max_train_pairs)
+    counts = {s: {"records": r.records, "skipped": r.skipped, "filtered": r.filtered}
+              for s, r in results.items()}
+    return pairs, counts
+
+
+def prepare_data(config: ml_collections.ConfigDict, tokenizer, process_index: int = 0,
+                 process_count: int = 1) -> PreparedData:
+    """Tokenise this host's share of every split (pairs process_index, + process_count, ...),
+    then flip `data.label_noise` of the training pairs (the same pairs on every host)."""
+    d = config.data
+    records, counts = load_records(config)
     splits, stats = {}, {}
-    for name, pairs in load_records(config).items():
-        splits[name], stats[name] = tokenize_pairs(pairs, tokenizer, d.max_length,
-                                                   d.max_prompt_length, d.prompt_template)
-    splits["train"], flipped = flip_labels(splits["train"], d.label_noise, d.seed)
+    for name in SPLITS:
+        pairs = records[name]
+        if len(pairs) < process_count:
+            raise ValueError(f"data.source={d.source!r}: the {name} split has {len(pairs)} "
+                             f"pairs, fewer than the {process_count} hosts")
+        share = np.arange(process_index, len(pairs), process_count)
+        splits[name], stats[name] = tokenize_pairs(
+            [pairs[i] for i in share], tokenizer, d.max_length, d.max_prompt_length,
+            d.chat_format, d.prompt_template, indices=share)
+        s = stats[name]
+        log.info("%s: %d pairs tokenised (%d prompts and %d responses truncated, %d identical "
+                 "pairs dropped)", name, s.pairs_out, s.prompts_truncated, s.responses_truncated,
+                 s.identical_dropped)
+    sizes = {name: len(records[name]) for name in SPLITS}
+    splits["train"], flipped = flip_labels(splits["train"], d.label_noise, d.seed, sizes["train"])
     if len(flipped):
-        log.info("label noise: flipped %d of %d training pairs", len(flipped), len(splits["train"]))
-    return PreparedData(splits, stats, flipped)
+        log.info("label noise: flipped %d of %d training pairs", len(flipped), sizes["train"])
+    return PreparedData(splits, sizes, stats, flipped, counts)

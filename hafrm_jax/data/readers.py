@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from hafrm_jax.data.records import Message, PreferencePair
@@ -371,9 +371,11 @@ def _parse(reader: Reader, record: Any, options: dict) -> PreferencePair | str:
     return reader.parse(record, **options)
 
 
-def _read_file(path: PathLike, reader: Reader, options: dict, on_error: str) -> ReadResult:
+def _read(source: str, located: Iterable[tuple[str, Any]], reader: Reader, options: dict,
+          on_error: str) -> ReadResult:
+    """Parse (location, record) items from one source (a file, a hub split, a TFDS split)."""
     pairs, skipped, filtered, records = [], collections.Counter(), collections.Counter(), 0
-    for where, record in iter_records(path):
+    for where, record in located:
         records += 1
         try:
             outcome = _parse(reader, record, options)
@@ -387,7 +389,7 @@ def _read_file(path: PathLike, reader: Reader, options: dict, on_error: str) -> 
         else:
             pairs.append(outcome)
     if skipped:
-        log.warning("%s: skipped %d of %d records as bad input: %s", os.fspath(path),
+        log.warning("%s: skipped %d of %d records as bad input: %s", source,
                     sum(skipped.values()), records, dict(sorted(skipped.items())))
     return ReadResult(pairs, records, dict(skipped), dict(filtered))
 
@@ -401,10 +403,8 @@ def _merge(results: list[ReadResult]) -> ReadResult:
                       sum(result.records for result in results), dict(skipped), dict(filtered))
 
 
-def read_preference_file(paths: PathLike | Sequence[PathLike], format: str, *,
-                         on_error: str = "raise", **options: Any) -> ReadResult:
-    """Read one or more files of a format in `READERS`. Bad input raises `DataError`, or with
-    on_error="skip" is skipped, counted per reason and summarised in one warning per file."""
+def _reader(format: str, on_error: str, options: dict) -> tuple[Reader, dict]:
+    """The reader of `format` and its full options, all checked."""
     if format not in READERS:
         raise ValueError(f"unknown format {format!r}; known formats: {sorted(READERS)}")
     if on_error not in ON_ERROR:
@@ -416,6 +416,24 @@ def read_preference_file(paths: PathLike | Sequence[PathLike], format: str, *,
                          f"{sorted(reader.defaults) or 'none'}")
     options = {**reader.defaults, **options}
     reader.check(options)
+    return reader, options
+
+
+def read_preference_file(paths: PathLike | Sequence[PathLike], format: str, *,
+                         on_error: str = "raise", **options: Any) -> ReadResult:
+    """Read one or more files of a format in `READERS`. Bad input raises `DataError`, or with
+    on_error="skip" is skipped, counted per reason and summarised in one warning per file."""
+    reader, options = _reader(format, on_error, options)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    return _merge([_read_file(path, reader, options, on_error) for path in paths])
+    return _merge([_read(os.fspath(path), iter_records(path), reader, options, on_error)
+                   for path in paths])
+
+
+def read_preference_records(records: Iterable[Mapping], source: str, format: str, *,
+                            on_error: str = "raise", **options: Any) -> ReadResult:
+    """Like `read_preference_file`, for records already loaded (a hub or TFDS split); errors
+    are located as `<source>: record index i`."""
+    reader, options = _reader(format, on_error, options)
+    located = ((f"{source}: record index {i}", record) for i, record in enumerate(records))
+    return _read(source, located, reader, options, on_error)

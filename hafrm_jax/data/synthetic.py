@@ -1,10 +1,15 @@
 """The embedded default task: a preference dataset with a known right answer, and its tokenizer.
 
-The user asks the assistant to repeat or reverse a list of words. The chosen response does it
-exactly; the rejected response is a near miss of one of three kinds: a word swapped for one that
-is not in the prompt, a word left out, or (for "reverse") the list repeated unreversed. A reward
-model that reads the prompt can tell them apart every time, so held-out accuracy measures how
-much of the rule it learned, and label noise (flipping training pairs) can be dialled in.
+The user asks the assistant to repeat or reverse a list of words of one kind (fruits, colours,
+animals, numbers or weather). The chosen response does it exactly; the rejected response is a
+near miss of one of three kinds: a word swapped for one of another kind (a colour among fruits),
+a word left out, or (for "reverse") the list repeated unreversed. A reward model that reads the
+prompt can tell them apart every time, so held-out accuracy measures how much of the rule it
+learned, and label noise (flipping training pairs) can be dialled in.
+
+(A first version swapped in any word absent from the prompt: telling that apart needs a
+token-identity match that a 2-layer model finds late and erratically, 0.74-0.91 held-out
+accuracy over seeds; a word of another kind is found reliably, 0.95-0.97.)
 
 Everything is generated locally: a word-level tokenizer built with `tokenizers` and wrapped as a
 transformers `PreTrainedTokenizerFast` with a chat template, so the rest of the pipeline treats
@@ -21,13 +26,14 @@ from hafrm_jax.data.records import PreferencePair
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 TEMPLATE_WORDS = ("user", "assistant", ":", "please", "repeat", "reverse", "these", "words")
-CONTENT_WORDS = tuple(
-    "apple banana cherry grape lemon mango melon peach pear plum "
-    "red blue green black white pink gray gold brown orange "
-    "cat dog fox owl bee cow pig hen ant bat "
-    "one two three four five six seven eight nine ten "
-    "sun moon star rain snow wind fire ice rock sand".split()
+CATEGORIES = (
+    tuple("apple banana cherry grape lemon mango melon peach pear plum".split()),
+    tuple("red blue green black white pink gray gold brown orange".split()),
+    tuple("cat dog fox owl bee cow pig hen ant bat".split()),
+    tuple("one two three four five six seven eight nine ten".split()),
+    tuple("sun moon star rain snow wind fire ice rock sand".split()),
 )
+CONTENT_WORDS = tuple(w for category in CATEGORIES for w in category)
 INSTRUCTIONS = ("repeat", "reverse")
 # A chat template in the same Jinja dialect as real tokenizers', on a word-level vocabulary.
 CHAT_TEMPLATE = (
@@ -49,15 +55,15 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _near_miss(words: list[str], answer: list[str], instruction: str,
+def _near_miss(words: list[str], answer: list[str], instruction: str, category: int,
                rng: np.random.Generator) -> list[str]:
     """A wrong answer that differs from `answer` in one place."""
     kinds = ["substitute", "drop"] + (["unreversed"] if instruction == "reverse" else [])
     kind = kinds[rng.integers(len(kinds))]
     wrong = list(answer)
     if kind == "substitute":
-        outside = [w for w in CONTENT_WORDS if w not in words]
-        wrong[rng.integers(len(wrong))] = outside[rng.integers(len(outside))]
+        other = [w for c, words_of in enumerate(CATEGORIES) if c != category for w in words_of]
+        wrong[rng.integers(len(wrong))] = other[rng.integers(len(other))]
     elif kind == "drop":
         del wrong[rng.integers(len(wrong))]
     else:
@@ -73,13 +79,14 @@ def generate_pairs(num_pairs: int, seed: int, min_words: int = 3, max_words: int
     while len(pairs) < num_pairs:
         instruction = INSTRUCTIONS[rng.integers(len(INSTRUCTIONS))]
         count = int(rng.integers(min_words, max_words + 1))
-        words = [str(w) for w in rng.choice(CONTENT_WORDS, size=count, replace=False)]
+        category = int(rng.integers(len(CATEGORIES)))
+        words = [str(w) for w in rng.choice(CATEGORIES[category], size=count, replace=False)]
         prompt = f"please {instruction} these words : {' '.join(words)}"
         if prompt in seen:
             continue
         seen.add(prompt)
         answer = words if instruction == "repeat" else words[::-1]
-        wrong = _near_miss(words, answer, instruction, rng)
+        wrong = _near_miss(words, answer, instruction, category, rng)
         pairs.append(PreferencePair(
             prompt=[{"role": "user", "content": prompt}],
             chosen=" ".join(answer), rejected=" ".join(wrong),

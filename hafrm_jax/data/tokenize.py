@@ -23,6 +23,7 @@ class TokenizedPairs:
     tokens: np.ndarray  # [pairs, 2, max_length] int32, prompt + response + EOS, right-padded
     lengths: np.ndarray  # [pairs, 2] int32, real tokens per sequence
     prompt_lengths: np.ndarray  # [pairs] int32, prompt tokens (shared by both sides)
+    index: np.ndarray  # [pairs] int64, each pair's position in its split as read
     ref_logps: np.ndarray | None = None  # [pairs, 2] float32, frozen starting model's log-probs
 
     def __len__(self) -> int:
@@ -49,23 +50,41 @@ class TokenizeStats:
     identical_dropped: int  # chosen == rejected after truncation: no preference left to learn
 
 
-def prompt_text(prompt, tokenizer, prompt_template: str) -> str:
-    """Chat turns through the tokenizer's chat template; plain text through `prompt_template`."""
+CHAT_FORMATS = ("auto", "tokenizer", "hh")
+_HH_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+
+
+def resolved_chat_format(tokenizer, chat_format: str) -> str:
+    """"auto": the tokenizer's chat template where it has one, else the HH-RLHF format."""
+    if chat_format not in CHAT_FORMATS:
+        raise ValueError(f"chat_format={chat_format!r}: expected one of {CHAT_FORMATS}")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat_format == "tokenizer" and not has_template:
+        raise ValueError("chat_format='tokenizer' but the tokenizer has no chat template")
+    if chat_format == "auto":
+        return "tokenizer" if has_template else "hh"
+    return chat_format
+
+
+def prompt_text(prompt, tokenizer, chat_format: str, prompt_template: str = "{prompt}") -> str:
+    """Chat turns rendered by the tokenizer's chat template or in the HH-RLHF format
+    ("\n\nHuman: ...\n\nAssistant:"); plain-text prompts through `prompt_template`."""
     if isinstance(prompt, str):
         return prompt_template.format(prompt=prompt)
-    if getattr(tokenizer, "chat_template", None):
+    if resolved_chat_format(tokenizer, chat_format) == "tokenizer":
         return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    turns = "".join(f"{m['role']}: {m['content']}\n" for m in prompt)
-    return prompt_template.format(prompt=turns)
+    turns = "".join(f"\n\n{_HH_ROLES.get(m['role'], m['role'])}: {m['content']}" for m in prompt)
+    return turns + "\n\nAssistant:"
 
 
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_prompt(prompt, tokenizer, prompt_template: str) -> list[int]:
+def encode_prompt(prompt, tokenizer, chat_format: str = "auto",
+                  prompt_template: str = "{prompt}") -> list[int]:
     """Prompt ids, with the BOS token first where the tokenizer has one and the text lacks it."""
-    text = prompt_text(prompt, tokenizer, prompt_template)
+    text = prompt_text(prompt, tokenizer, chat_format, prompt_template)
     ids = _encode(tokenizer, text)
     bos = tokenizer.bos_token_id
     if bos is not None and not text.startswith(tokenizer.bos_token) and ids[:1] != [bos]:
@@ -73,16 +92,58 @@ def encode_prompt(prompt, tokenizer, prompt_template: str) -> list[int]:
     return ids
 
 
+def _response_prefix(tokenizer, chat_format: str, prompt) -> str:
+    """In the HH format a response follows "Assistant:" after a space, as in the original."""
+    hh = resolved_chat_format(tokenizer, chat_format) == "hh"
+    return " " if hh and isinstance(prompt, list) else ""
+
+
+def _fit(prompt: list[int], response: list[int], eos: int, max_length: int,
+         max_prompt_length: int) -> tuple[list[int], list[int], bool, bool]:
+    """(prompt, response + [eos]) cut to the limits; and whether each was cut."""
+    prompt_cut = len(prompt) > max_prompt_length
+    prompt = prompt[-max_prompt_length:] if prompt_cut else prompt
+    budget = max_length - len(prompt) - 1
+    response_cut = len(response) > budget
+    return prompt, response[:budget] + [eos], prompt_cut, response_cut
+
+
+def tokenize_responses(prompts: list, responses: list[str], tokenizer, max_length: int,
+                       max_prompt_length: int, chat_format: str = "auto",
+                       prompt_template: str = "{prompt}") -> TokenizedPairs:
+    """One sequence per (prompt, response), as TokenizedPairs with a single side [n, 1, seq],
+    truncated like `tokenize_pairs`; nothing is dropped, so scores align with the input."""
+    if max_prompt_length >= max_length:
+        raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length "
+                         f"({max_length})")
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    tokens = np.full((len(prompts), 1, max_length), pad, np.int32)
+    lengths = np.zeros((len(prompts), 1), np.int32)
+    prompt_lengths = np.zeros((len(prompts),), np.int32)
+    for i, (prompt, text) in enumerate(zip(prompts, responses)):
+        prompt_ids, response_ids, _, _ = _fit(
+            encode_prompt(prompt, tokenizer, chat_format, prompt_template),
+            _encode(tokenizer, _response_prefix(tokenizer, chat_format, prompt) + text), eos,
+            max_length, max_prompt_length)
+        ids = prompt_ids + response_ids
+        tokens[i, 0, :len(ids)], lengths[i, 0], prompt_lengths[i] = ids, len(ids), len(prompt_ids)
+    return TokenizedPairs(tokens, lengths, prompt_lengths, np.arange(len(prompts)))
+
+
 def tokenize_pairs(
     pairs: list[PreferencePair],
     tokenizer,
     max_length: int,
     max_prompt_length: int,
+    chat_format: str = "auto",
     prompt_template: str = "{prompt}",
+    indices: np.ndarray | None = None,
 ) -> tuple[TokenizedPairs, TokenizeStats]:
     """Tokenise pairs: the prompt is cut from the left to `max_prompt_length`, each response from
     the right to fill `max_length`; EOS is appended after the cut, so every sequence ends in EOS
-    and the reward is always read on it."""
+    and the reward is always read on it. `indices` are the pairs' positions in their split
+    (default 0, 1, ...), kept through drops so that every host agrees on which pair is which."""
     if max_prompt_length >= max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length "
                          f"({max_length}) to leave room for a response")
@@ -96,16 +157,16 @@ def tokenize_pairs(
     keep = np.ones((len(pairs),), bool)
     prompts_cut = responses_cut = identical = 0
     for i, pair in enumerate(pairs):
-        prompt = encode_prompt(pair.prompt, tokenizer, prompt_template)
-        if len(prompt) > max_prompt_length:
-            prompt, prompts_cut = prompt[-max_prompt_length:], prompts_cut + 1
-        budget = max_length - len(prompt) - 1  # room for response tokens before EOS
+        full_prompt = encode_prompt(pair.prompt, tokenizer, chat_format, prompt_template)
+        prefix = _response_prefix(tokenizer, chat_format, pair.prompt)
         sides = []
         for text in (pair.chosen, pair.rejected):
-            response = _encode(tokenizer, text)
-            if len(response) > budget:
-                response, responses_cut = response[:budget], responses_cut + 1
-            sides.append(prompt + response + [eos])
+            prompt, response, prompt_cut, response_cut = _fit(
+                full_prompt, _encode(tokenizer, prefix + text), eos, max_length,
+                max_prompt_length)
+            responses_cut += response_cut
+            sides.append(prompt + response)
+        prompts_cut += prompt_cut
         if sides[0] == sides[1]:
             keep[i], identical = False, identical + 1
             continue
@@ -113,7 +174,9 @@ def tokenize_pairs(
         for side, ids in enumerate(sides):
             tokens[i, side, :len(ids)] = ids
             lengths[i, side] = len(ids)
-    data = TokenizedPairs(tokens[keep], lengths[keep], prompt_lengths[keep])
+    indices = np.arange(len(pairs)) if indices is None else np.asarray(indices)
+    data = TokenizedPairs(tokens[keep], lengths[keep], prompt_lengths[keep],
+                          indices[keep].astype(np.int64))
     stats = TokenizeStats(len(pairs), int(keep.sum()), prompts_cut, responses_cut, identical)
     if identical:
         log.warning("dropped %d of %d pairs whose chosen and rejected are identical after "

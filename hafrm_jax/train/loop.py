@@ -1,7 +1,7 @@
 """The training entry point: `train_and_evaluate(config, workdir)`.
 
-Reads top to bottom: config -> data -> mesh and state -> reference log-probs -> resume -> loop
-(log, validate, checkpoint) -> test the best-by-validation params once.
+Reads top to bottom: config -> model and tokenizer -> mesh -> data -> state -> reference
+log-probs -> resume -> loop (log, validate, checkpoint) -> test the best-by-validation params.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -22,16 +23,18 @@ from tqdm.auto import tqdm
 
 from hafrm_jax import configuration, reference
 from hafrm_jax.checkpoint import RunCheckpoints, abstract_like
-from hafrm_jax.data.batching import EpochSampler, make_batch
-from hafrm_jax.data.pipeline import PreparedData, load_tokenizer, prepare_data
-from hafrm_jax.evaluation import eval_batch_size, make_score_fn, pair_metrics, score_pairs
+from hafrm_jax.data.batching import EpochSampler, make_batch, padding_fraction
+from hafrm_jax.data.pipeline import load_tokenizer, prepare_data
+from hafrm_jax.evaluation import eval_batch_size, local_rows, make_score_fn, score_pairs
 from hafrm_jax.hf.checkpoint import original_hf_config, resolve_checkpoint
-from hafrm_jax.model.config import ModelConfig
-from hafrm_jax.model.config import to_dict as model_config_to_dict
+from hafrm_jax.metrics import pair_metrics
+from hafrm_jax.objective import LossConfig
 from hafrm_jax.sharding import (batch_sharding, data_parallel_size, host_batch_to_global,
-                                make_mesh, process_rows)
+                                make_mesh, replicated)
 from hafrm_jax.train.metrics_writer import MetricsWriter
 from hafrm_jax.train.optimizer import make_optimizer
+from hafrm_jax.train.plots import plot_training_curves
+from hafrm_jax.train.run_files import check_resume, save_run_files, write_json
 from hafrm_jax.train.state import TrainState, create_train_state, init_params
 from hafrm_jax.train.step import train_step
 
@@ -63,6 +66,10 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
+class NonFiniteError(FloatingPointError):
+    """Too many updates in a row had a non-finite loss or gradient."""
+
+
 @dataclasses.dataclass
 class RunResult:
     workdir: str
@@ -72,34 +79,45 @@ class RunResult:
     validation: dict[str, float] | None
     test: dict[str, float] | None
     state: TrainState | None = None  # the final train state (params, optimizer state, ...)
+    last_train_metrics: dict[str, float] | None = None  # the last logged train/... means
 
 
-def _write_json(path: str, obj) -> None:
-    if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+def _check_batch_fits(config, mesh, rules) -> None:
+    t = config.train
+    dp = data_parallel_size(mesh, rules)
+    micro = t.batch_size // t.grad_accum_steps
+    if micro % dp or t.batch_size % jax.process_count():
+        raise configuration.ConfigError(
+            f"train.batch_size / train.grad_accum_steps = {micro} pairs must be divisible by the "
+            f"data-parallel size {dp} (mesh {dict(mesh.shape)}), and train.batch_size by the "
+            f"{jax.process_count()} processes")
 
 
-def _save_run_files(config, workdir: str, tokenizer, model_config: ModelConfig,
-                    pretrained: str | None) -> None:
-    """config.json, model_config.json, the tokenizer and (for a pretrained start) the original
-    hf_config.json: eval and export then need nothing but the workdir."""
-    if jax.process_index() != 0:
-        return
-    _write_json(os.path.join(workdir, "model_config.json"), model_config_to_dict(model_config))
-    if pretrained is not None:
-        _write_json(os.path.join(workdir, "hf_config.json"), original_hf_config(pretrained))
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            previous = json.load(f)
-        if previous != json.loads(config.to_json()):
-            log.warning("config differs from the one that started %s; continuing with the new "
-                        "one", workdir)
-    _write_json(path, json.loads(config.to_json()))
-    tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))
+def _attach_reference_logps(config, workdir: str, loss_config: LossConfig, splits: dict,
+                            params: Any, score: Callable, mesh, rules) -> None:
+    """Set `ref_logps` of the splits from the starting params: from the workdir's cache, or
+    computed once (one forward pass over the data) and cached. With reference="online" the
+    training split's come from a frozen copy at every step instead."""
+    objective = loss_config.objective
+    names = [n for n in splits if not (n == "train" and objective.reference == "online")]
+    key = reference.fingerprint({n: splits[n] for n in names}, {
+        "model": repr(loss_config.model), "seed": config.train.seed,
+        "pretrained": config.model.name_or_path})
+    refs = reference.load_cache(workdir, key)
+    if refs is None:
+        logp_fn = make_score_fn(loss_config.model, mesh, rules, with_rewards=False,
+                                with_logprobs=True)
+        started, refs = time.time(), {}
+        for name in names:
+            scores = score(logp_fn, params, splits[name], name)
+            refs[f"{name}.index"], refs[f"{name}.logps"] = scores["index"], scores["logps"]
+        log.info("reference log-probs: %d pairs in %.1fs",
+                 sum(len(v) for k, v in refs.items() if k.endswith(".index")),
+                 time.time() - started)
+        reference.save_cache(workdir, refs, key)
+    for name in names:
+        rows = local_rows({"index": refs[f"{name}.index"]}, splits[name])
+        splits[name].ref_logps = refs[f"{name}.logps"][rows]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -112,116 +130,120 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     configuration.validate(config)
     os.makedirs(workdir, exist_ok=True)
     t = config.train
+
+    # Model, tokenizer, mesh: every check that needs no data, before any data is read.
     pretrained = resolve_checkpoint(config.model.name_or_path) if config.model.name_or_path \
         else None
     loss_config = configuration.loss_config(config, pretrained)
     objective = loss_config.objective
-
-    # Data.
     tokenizer = load_tokenizer(config, pretrained)
     if len(tokenizer) > loss_config.model.vocab_size:
         raise configuration.ConfigError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
             f"{loss_config.model.vocab_size}")
-    data: PreparedData = prepare_data(config, tokenizer)
-    _save_run_files(config, workdir, tokenizer, loss_config.model, pretrained)
-    splits = data.splits
-    for name, split in splits.items():
-        log.info("%s: %d pairs, %d tokens", name, len(split), split.num_tokens())
-
-    # Mesh, optimizer, state.
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     rules = configuration.logical_rules(config)
-    dp = data_parallel_size(mesh, rules)
-    micro = t.batch_size // t.grad_accum_steps
-    if micro % dp or t.batch_size % jax.process_count():
-        raise configuration.ConfigError(
-            f"train.batch_size / train.grad_accum_steps = {micro} pairs must be divisible by the "
-            f"data-parallel size {dp} (mesh {dict(mesh.shape)})")
+    _check_batch_fits(config, mesh, rules)
+    checkpoints = RunCheckpoints(workdir, t.keep_checkpoints)
+    start = checkpoints.latest_step() or 0
+    if start:
+        check_resume(config, workdir, loss_config.model)
+    save_run_files(config, workdir, tokenizer, loss_config.model,
+                   original_hf_config(pretrained) if pretrained else None)
+
+    # Data: this host's share of each split.
+    data = prepare_data(config, tokenizer, jax.process_index(), jax.process_count())
+    splits = data.splits
+    for name, split in splits.items():
+        log.info("%s: %d pairs (%d on this host), %d tokens", name, data.sizes[name], len(split),
+                 split.num_tokens())
+
+    # State, reference log-probs, resume.
     optimizer, schedule = make_optimizer(config.optim, t.steps)
     params, params_sh = init_params(loss_config.model, t.seed, mesh, rules, pretrained)
     state, state_sh = create_train_state(params, params_sh, optimizer, t.seed, mesh)
     eval_bs = eval_batch_size(t.eval_batch_size, mesh, rules)
-    score = functools.partial(score_pairs, batch_size=eval_bs,
-                              pad_to_multiple=config.data.pad_to_multiple, mesh=mesh, rules=rules)
-
-    # Reference log-probs of the starting params, once per example (cached in the workdir).
-    # With reference="online" the training split's come from a frozen copy at every step instead.
+    score = functools.partial(_score_split, sizes=data.sizes, batch_size=eval_bs,
+                              pad_to_multiple=config.data.pad_to_multiple, mesh=mesh,
+                              rules=rules)
     ref_params = None
     if objective.uses_policy:
-        cached = [n for n in splits if not (n == "train" and objective.reference == "online")]
-        key = reference.fingerprint({n: splits[n] for n in cached},
-                                    {"model": repr(loss_config.model), "seed": t.seed,
-                                     "pretrained": config.model.name_or_path})
-        refs = reference.load_cache(workdir, key)
-        if refs is None:
-            logp_fn = make_score_fn(loss_config.model, mesh, rules, with_rewards=False,
-                                    with_logprobs=True)
-            started = time.time()
-            refs = {n: score(logp_fn, state.params, splits[n])["logps"] for n in cached}
-            log.info("reference log-probs: %d pairs in %.1fs", sum(map(len, refs.values())),
-                     time.time() - started)
-            if jax.process_index() == 0:
-                reference.save_cache(workdir, refs, key)
-        for name in cached:
-            splits[name].ref_logps = refs[name]
+        _attach_reference_logps(config, workdir, loss_config, splits, state.params, score, mesh,
+                                rules)
         if objective.reference == "online":
             ref_params = jax.tree_util.tree_map(lambda x: x.copy(), state.params)
-
-    # Resume.
-    checkpoints = RunCheckpoints(workdir, t.keep_checkpoints)
-    start = checkpoints.latest_step() or 0
     checkpoints.discard_best_after(start)  # written after the state we resume: stale
     best_score = -np.inf
     if start:
         state, meta = checkpoints.restore(start, abstract_like(state))
         best_score = meta["best_validation_accuracy"]
         log.info("resumed from step %d of %s", start, workdir)
-    writer = MetricsWriter(workdir, resume_step=start)
+    writer = MetricsWriter(workdir, resume_step=start,
+                           wandb_project=t.wandb_project if t.wandb else None,
+                           run_config=json.loads(config.to_json()))
 
-    step_fn = jax.jit(
-        functools.partial(train_step, loss_config=loss_config, optimizer=optimizer,
-                          schedule=schedule, grad_accum_steps=t.grad_accum_steps),
-        donate_argnums=0,
-    )
+    # The step, jitted once with its shardings; the state's buffers are donated.
+    batch_sh = batch_sharding(mesh, rules)
+    step = functools.partial(train_step, loss_config=loss_config, optimizer=optimizer,
+                             schedule=schedule, grad_accum_steps=t.grad_accum_steps)
+    if ref_params is None:
+        step_fn = jax.jit(functools.partial(step, ref_params=None),
+                          in_shardings=(state_sh, batch_sh),
+                          out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
+    else:
+        online = jax.jit(step, in_shardings=(state_sh, batch_sh, params_sh),
+                         out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
+        step_fn = lambda state, batch: online(state, batch, ref_params)
     score_fn = make_score_fn(loss_config.model, mesh, rules, with_rewards=objective.uses_rewards,
                              with_logprobs=objective.uses_policy)
     primary = "implicit" if objective.method == "dpo" else "reward"
 
     def evaluate(params, split_name):
-        split = splits[split_name]
-        scores = score(score_fn, params, split)
-        return pair_metrics(scores.get("rewards"), scores.get("logps"), split.ref_logps,
+        scores = score(score_fn, params, splits[split_name], split_name)
+        return pair_metrics(scores.get("rewards"), scores.get("logps"), scores.get("ref_logps"),
                             objective.beta, primary)
 
-    sampler = EpochSampler(len(splits["train"]), t.batch_size, t.seed)
-    sharding = batch_sharding(mesh, rules)
-    rows = process_rows(t.batch_size)
+    train = splits["train"]
+    local_batch = t.batch_size // jax.process_count()
+    sampler = EpochSampler(len(train), local_batch, t.seed, lengths=train.lengths.max(axis=1),
+                           bucket_batches=config.data.bucket_batches)
+    log.info("training batches: %.1f%% padding", 100 * padding_fraction(
+        train, sampler, config.data.pad_to_multiple))
+
     pending: list[dict] = []
+    last_logged: dict[str, float] = {}
     validation = None
     step = start
+    tokens, clock = 0, time.time()  # for tokens/s in the progress bar (this host's share)
     bar = tqdm(total=t.steps, initial=start, desc=f"train[{objective.method}]",
                disable=jax.process_index() != 0, dynamic_ncols=True)
     with _StopOnSignal() as signals, jax.set_mesh(mesh):
         while step < t.steps:
-            indices = sampler.indices(step)[rows]
-            batch = host_batch_to_global(make_batch(splits["train"], indices,
-                                                    config.data.pad_to_multiple), sharding)
-            state, metrics = step_fn(state, batch, ref_params)
+            local = make_batch(train, sampler.indices(step), config.data.pad_to_multiple)
+            tokens += int(local["attention_mask"].sum())
+            state, metrics = step_fn(state, host_batch_to_global(local, batch_sh))
             pending.append(metrics)
             step += 1
             bar.update(1)
             last = step == t.steps
             if step % t.log_every == 0 or last:
-                logged = {f"train/{k}": float(np.mean([m[k] for m in jax.device_get(pending)]))
-                          for k in pending[0]}
-                logged["train/loss"] = logged.pop("train/loss/total")
+                logged = last_logged = _mean_metrics(pending)
                 pending = []
-                if not np.isfinite(logged["train/loss"]):
-                    raise FloatingPointError(f"non-finite training loss at step {step}")
+                now = time.time()
+                logged["perf/tokens_per_s"] = tokens * jax.process_count() / (now - clock)
+                tokens, clock = 0, now
                 writer.write(step, logged)
                 bar.set_postfix(loss=f"{logged['train/loss']:.4f}",
-                                acc=f"{logged['train/' + objective.accuracy_metric]:.3f}")
+                                acc=f"{logged['train/' + objective.accuracy_metric]:.3f}",
+                                tok_s=f"{logged['perf/tokens_per_s']:.0f}")
+                streak = int(jax.device_get(state.skip_streak))
+                if streak >= t.max_consecutive_skips:
+                    checkpoints.close()
+                    raise NonFiniteError(
+                        f"step {step}: the last {streak} updates had a non-finite loss or "
+                        f"gradient and were skipped ({int(state.skipped)} in all). Lower "
+                        "optim.learning_rate, check the data, or resume from the checkpoint "
+                        f"in {workdir}/checkpoints")
             if step % t.eval_every == 0 or last:
                 validation = evaluate(state.params, "validation")
                 writer.write(step, {f"eval/{k}": v for k, v in validation.items()})
@@ -242,12 +264,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpoints.wait()
 
     result = RunResult(workdir, step, step == t.steps, checkpoints.best_step(), validation, None,
-                       state)
+                       state, last_logged)
     if not result.completed:
         log.info("stopped at step %d of %d; run again with --workdir=%s to resume", step,
                  t.steps, workdir)
         writer.close()
         checkpoints.close()
+        if jax.process_index() == 0:
+            plot_training_curves(workdir)
         return result
 
     # The test split is read once, by the params that validation chose.
@@ -257,9 +281,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.write(step, {f"test/{k}": v for k, v in result.test.items()})
     writer.close()
     checkpoints.close()
-    _write_json(os.path.join(workdir, "results.json"), {
+    if jax.process_index() == 0:
+        plot_training_curves(workdir)
+    write_json(os.path.join(workdir, "results.json"), {
         "method": objective.method, "steps": step, "best_step": result.best_step,
         "validation": result.validation, "test": result.test,
+        "skipped_updates": int(jax.device_get(state.skipped)),
         "label_noise": config.data.label_noise, "flipped_train_pairs": int(len(data.flipped)),
     })
     return result
+
+
+def _score_split(score_fn, params, split, split_name: str, *, sizes: dict, **kwargs):
+    return score_pairs(score_fn, params, split, sizes[split_name], **kwargs)
+
+
+def _mean_metrics(pending: list[dict]) -> dict[str, float]:
+    """The mean of each metric over the steps since the last log, as train/... floats."""
+    fetched = jax.device_get(pending)
+    logged = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    logged["train/loss"] = logged.pop("train/loss/total")
+    logged["train/optim/skipped"] = float(np.sum([m["optim/skipped"] for m in fetched]))
+    return logged

@@ -1,4 +1,5 @@
-"""Metrics to `metrics.jsonl` (one JSON object a row) and TensorBoard event files.
+"""Metrics to `metrics.jsonl` (one JSON object a row), TensorBoard event files and, when
+asked for, Weights & Biases.
 
 Only process 0 writes, so a multi-host run logs once.
 """
@@ -13,7 +14,8 @@ import jax
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str, resume_step: int | None = None):
+    def __init__(self, workdir: str, resume_step: int | None = None,
+                 wandb_project: str | None = None, run_config: dict | None = None):
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         if not self.enabled:
@@ -24,6 +26,17 @@ class MetricsWriter:
 
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._wandb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError as e:
+                raise ImportError("train.wandb=True needs Weights & Biases: pip install wandb") \
+                    from e
+            # The run id is the workdir's name, so a resumed run continues the same W&B run.
+            self._wandb = wandb.init(project=wandb_project, dir=workdir, config=run_config,
+                                     id=os.path.basename(os.path.abspath(workdir)),
+                                     resume="allow")
 
     def _truncate_after(self, step: int) -> None:
         """Drop rows logged after the checkpoint being resumed: they will be logged again."""
@@ -44,8 +57,12 @@ class MetricsWriter:
         for key, value in metrics.items():
             if math.isfinite(float(value)):
                 self._tb.add_scalar(key, float(value), int(step))
+        if self._wandb is not None:
+            self._wandb.log({k: float(v) for k, v in metrics.items()}, step=int(step))
 
     def close(self) -> None:
         if self.enabled:
             self._file.close()
             self._tb.close()
+            if self._wandb is not None:
+                self._wandb.finish()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -21,7 +22,10 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
         raise ValueError(f"unknown schedule {optim.schedule!r}")
     if warmup == 0:
         return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+    # update k (counting from 0) of the warmup uses peak * (k + 1) / warmup: the first update
+    # already moves the params (optax's linear_schedule from 0 would waste it at lr 0)
+    ramp = lambda count: peak * jnp.minimum((count + 1) / warmup, 1.0)
+    return optax.join_schedules([ramp, decay], [warmup])
 
 
 def _decay_mask(params):

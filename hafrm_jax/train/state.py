@@ -22,6 +22,8 @@ class TrainState:
     params: Any  # {"backbone", "lm_head", "reward_head"}: one plain pytree
     opt_state: optax.OptState
     rng: jax.Array  # raw uint32 key; fold_in(rng, step) gives each step its own randomness
+    skipped: jax.Array  # updates skipped for a non-finite loss or gradient, in all
+    skip_streak: jax.Array  # ... and in a row, up to now
 
 
 def _init_fn(model_config: ModelConfig):
@@ -70,7 +72,7 @@ def state_shardings(optimizer: optax.GradientTransformation, params_shardings, p
         optimizer, lambda _, sharding: sharding, opt_shapes, params_shardings,
         transform_non_params=lambda _: replicated(mesh))
     return TrainState(step=replicated(mesh), params=params_shardings, opt_state=opt_shardings,
-                      rng=replicated(mesh))
+                      rng=replicated(mesh), skipped=replicated(mesh), skip_streak=replicated(mesh))
 
 
 def create_train_state(params, params_shardings, optimizer: optax.GradientTransformation,
@@ -79,10 +81,19 @@ def create_train_state(params, params_shardings, optimizer: optax.GradientTransf
     shapes = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
     shardings = state_shardings(optimizer, params_shardings, shapes, mesh)
     opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+    zero = lambda: jax.device_put(jnp.zeros((), jnp.int32), replicated(mesh))
     state = TrainState(
-        step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
-        params=params,
-        opt_state=opt_state,
+        step=zero(), params=params, opt_state=opt_state,
         rng=jax.device_put(jax.random.PRNGKey(seed + 1), shardings.rng),
+        skipped=zero(), skip_streak=zero(),
     )
     return state, shardings
+
+
+def abstract_train_state(optimizer: optax.GradientTransformation, params_shapes) -> TrainState:
+    """Shape structs of a TrainState (for restoring a checkpoint without building one)."""
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    return TrainState(step=scalar, params=params_shapes,
+                      opt_state=jax.eval_shape(optimizer.init, params_shapes),
+                      rng=jax.ShapeDtypeStruct((2,), jnp.uint32), skipped=scalar,
+                      skip_streak=scalar)

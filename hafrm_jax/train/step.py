@@ -45,11 +45,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], ref_params: Any, 
         (grads, metrics), _ = jax.lax.scan(accumulate, zeros, micro)
         grads, metrics = jax.tree_util.tree_map(lambda x: x / grad_accum_steps, (grads, metrics))
 
+    grad_norm = optax.global_norm(grads)
+    # A non-finite loss or gradient skips the update: params and optimizer state stay as they
+    # were, and the skip is counted (the loop stops the run after too many in a row).
+    finite = jnp.isfinite(metrics["loss/total"]) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    keep_if_finite = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree_util.tree_map(keep_if_finite, params, state.params)
+    opt_state = jax.tree_util.tree_map(keep_if_finite, opt_state, state.opt_state)
+    skipped = (~finite).astype(jnp.int32)
     metrics = dict(metrics)
-    metrics["optim/grad_norm"] = optax.global_norm(grads)
+    metrics["optim/grad_norm"] = grad_norm
     metrics["optim/param_norm"] = optax.global_norm(params)
-    metrics["optim/learning_rate"] = schedule(state.step)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    # the optimizer's schedule counts the updates applied, which skipped steps are not
+    metrics["optim/learning_rate"] = schedule(state.step - state.skipped)
+    metrics["optim/skipped"] = skipped
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              skipped=state.skipped + skipped,
+                              skip_streak=(state.skip_streak + 1) * skipped)
     return new_state, metrics

@@ -91,10 +91,12 @@ def test_eval_batches_cover_every_pair_once(tokenizer):
     pairs = synthetic.generate_pairs(7, seed=0)
     data, _ = tokenize_pairs(pairs, tokenizer, 32, 20)
     seen = []
-    for batch, real in eval_batches(data, 3, 16):
+    batches = list(eval_batches(data, 3, 16, num_batches=4))
+    assert len(batches) == 4  # 3 batches of pairs, then one of filler for an uneven host share
+    for batch in batches:
         assert batch["input_ids"].shape[0] == 3
-        seen.extend(batch["input_ids"][:real, 0, 0].tolist())
-    assert len(seen) == 7
+        seen.extend(batch["index"][batch["valid"] == 1].tolist())
+    assert seen == list(range(7))
 
 
 def test_label_noise_flips_the_requested_share(tokenizer):
@@ -106,3 +108,24 @@ def test_label_noise_flips_the_requested_share(tokenizer):
     kept = np.setdiff1d(np.arange(100), flipped)
     np.testing.assert_array_equal(noisy.tokens[kept], data.tokens[kept])
     np.testing.assert_array_equal(flip_labels(data, 0.25, seed=0)[1], flipped)
+    # a host holding every other pair flips exactly its part of the same set
+    pairs = synthetic.generate_pairs(100, seed=0)
+    share = np.arange(1, 100, 2)
+    half, _ = tokenize_pairs([pairs[i] for i in share], tokenizer, 32, 20, indices=share)
+    noisy_half, same = flip_labels(half, 0.25, seed=0, total=100)
+    np.testing.assert_array_equal(same, flipped)
+    np.testing.assert_array_equal(noisy_half.tokens, noisy.tokens[share])
+
+
+def test_length_bucketing_keeps_epochs_exact_and_cuts_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 200, size=400)
+    plain = EpochSampler(400, 8, seed=1)
+    bucketed = EpochSampler(400, 8, seed=1, lengths=lengths, bucket_batches=10)
+    epoch = np.concatenate([bucketed.indices(s) for s in range(50)])
+    assert sorted(epoch) == list(range(400))  # every pair once per epoch
+    spread = lambda s: np.mean([np.ptp(lengths[s.indices(i)]) for i in range(50)])
+    assert spread(bucketed) < spread(plain) / 3  # similar lengths share a batch
+    np.testing.assert_array_equal(bucketed.indices(57), EpochSampler(
+        400, 8, seed=1, lengths=lengths, bucket_batches=10).indices(57))  # pure in (seed, step)
+    assert not np.array_equal(bucketed.indices(0), bucketed.indices(50))

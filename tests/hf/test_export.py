@@ -91,7 +91,7 @@ def test_train_then_export_cli(tmp_path):
     from hafrm_jax.data.batching import make_batch
 
     run = load_run(str(work))
-    pairs = load_records(run.config)["test"][:8]
+    pairs = load_records(run.config)[0]["test"][:8]
     data, _ = tokenize_pairs(pairs, run.tokenizer, run.config.data.max_length,
                              run.config.data.max_prompt_length)
     batch = make_batch(data, np.arange(len(data)), 16)

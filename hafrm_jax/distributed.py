@@ -1,0 +1,54 @@
+"""Multi-host start-up: `jax.distributed.initialize()` when the job spans several processes.
+
+TPU VM pod slices and SLURM / Open MPI GPU jobs describe themselves in the environment, and
+`jax.distributed.initialize()` reads them; elsewhere the coordinator address, the process count
+and this process's id are given explicitly (train.py's --coordinator_address, --num_processes,
+--process_id). Call this before anything touches a device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+log = logging.getLogger(__name__)
+
+
+def _cluster_in_environment() -> str | None:
+    """The kind of multi-process launch the environment describes, if any."""
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if len([h for h in hosts.split(",") if h]) > 1:
+        return "TPU pod slice"
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return "SLURM"
+    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return "Open MPI"
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return "JAX_COORDINATOR_ADDRESS"
+    return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, cpu_collectives: str | None = None) -> bool:
+    """Join a multi-process job if one is described (explicitly or by the environment).
+
+    Returns whether `jax.distributed.initialize` ran. cpu_collectives ("gloo") lets several
+    CPU processes run one computation: the multi-host tests use it on one machine.
+    """
+    explicit = coordinator_address is not None
+    cluster = _cluster_in_environment()
+    if not explicit and cluster is None:
+        return False
+    if cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    if explicit:
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
+    else:
+        jax.distributed.initialize()
+    log.info("process %d of %d (%s), %d local of %d devices", jax.process_index(),
+             jax.process_count(), cluster or "explicit coordinator", jax.local_device_count(),
+             jax.device_count())
+    return True

@@ -1,0 +1,147 @@
+"""The experiment harness behind experiments/compare.py: a grid of runs, their summary, plots."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import ml_collections
+import numpy as np
+
+from hafrm_jax.train.loop import train_and_evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    method: str  # haf | baseline | dpo
+    alpha: float | None = None  # None: the config's train.alpha
+
+    def label(self, config_alpha: float) -> str:
+        if self.method == "baseline":
+            return "Baseline"
+        name = "DPO" if self.method == "dpo" else "HaF"
+        alpha = config_alpha if self.alpha is None else self.alpha
+        return name if self.alpha is None else f"{name} (alpha={alpha:g})"
+
+
+def _run_dir(out: str, variant: Variant, seed: int, noise: float) -> str:
+    alpha = "" if variant.alpha is None else f"-alpha{variant.alpha:g}"
+    return os.path.join(out, "runs", f"{variant.method}{alpha}-noise{noise:g}-seed{seed}")
+
+
+def _curve(workdir: str) -> list[tuple[int, float]]:
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+
+
+def run_grid(config: ml_collections.ConfigDict, variants: list[Variant], seeds: list[int],
+             noise_rates: list[float], out: str) -> list[dict]:
+    """Train every (variant, noise, seed); finished runs (results.json present) are reused."""
+    runs = []
+    for noise in noise_rates:
+        for variant in variants:
+            for seed in seeds:
+                workdir = _run_dir(out, variant, seed, noise)
+                results_path = os.path.join(workdir, "results.json")
+                started = time.time()
+                if not os.path.exists(results_path):
+                    run_config = copy.deepcopy(config)
+                    run_config.train.method = variant.method
+                    if variant.alpha is not None:
+                        run_config.train.alpha = variant.alpha
+                    run_config.train.seed = seed
+                    run_config.data.label_noise = noise
+                    train_and_evaluate(run_config, workdir)
+                with open(results_path, encoding="utf-8") as f:
+                    result = json.load(f)
+                runs.append({
+                    "variant": variant.label(config.train.alpha), "method": variant.method,
+                    "alpha": config.train.alpha if variant.alpha is None else variant.alpha,
+                    "seed": seed, "noise": noise, "workdir": workdir,
+                    "test_accuracy": result["test"]["accuracy"],
+                    "test_implicit_accuracy": result["test"].get("implicit_accuracy"),
+                    "test_ece": result["test"].get(
+                        "implicit_ece" if variant.method == "dpo" else "reward_ece"),
+                    "validation_accuracy": result["validation"]["accuracy"],
+                    "best_step": result["best_step"], "curve": _curve(workdir),
+                    "seconds": round(time.time() - started, 1),
+                })
+                log.info("%s noise=%g seed=%d: test accuracy %.4f", runs[-1]["variant"], noise,
+                         seed, runs[-1]["test_accuracy"])
+    return runs
+
+
+def summarise(runs: list[dict]) -> dict[str, dict[float, tuple[float, float, int]]]:
+    """variant -> noise -> (mean, std, number of seeds) of the test accuracy."""
+    table: dict[str, dict[float, list[float]]] = {}
+    for run in runs:
+        table.setdefault(run["variant"], {}).setdefault(run["noise"], []).append(
+            run["test_accuracy"])
+    return {variant: {noise: (float(np.mean(v)), float(np.std(v)), len(v))
+                      for noise, v in by_noise.items()} for variant, by_noise in table.items()}
+
+
+def write_report(runs: list[dict], table: dict, out: str) -> None:
+    """results.json, results.md and the two PNG plots."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(runs, f, indent=1)
+    noise_rates = sorted({r["noise"] for r in runs})
+    lines = ["Test accuracy, mean +- std over seeds (n seeds), model chosen on validation.", "",
+             "| method | " + " | ".join(f"noise {n:g}" for n in noise_rates) + " |",
+             "|---" * (len(noise_rates) + 1) + "|"]
+    for variant, by_noise in table.items():
+        cells = [f"{by_noise[n][0]:.4f} +- {by_noise[n][1]:.4f} ({by_noise[n][2]})"
+                 if n in by_noise else "-" for n in noise_rates]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    seconds = sum(r["seconds"] for r in runs)
+    lines += ["", f"{len(runs)} runs, {seconds / 60:.1f} minutes of training in this invocation."]
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    _plot(runs, table, noise_rates, out)
+
+
+def _plot(runs, table, noise_rates, out) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant, by_noise in table.items():
+        xs = [n for n in noise_rates if n in by_noise]
+        ax.errorbar(xs, [by_noise[n][0] for n in xs], yerr=[by_noise[n][1] for n in xs],
+                    marker="o", capsize=3, label=variant)
+    ax.set_xlabel("label noise (share of training pairs flipped)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy_vs_noise.png"), dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(noise_rates), figsize=(5 * len(noise_rates), 4),
+                             squeeze=False, sharey=True)
+    for ax, noise in zip(axes[0], noise_rates):
+        for variant in table:
+            curves = [r["curve"] for r in runs if r["variant"] == variant and r["noise"] == noise]
+            if not curves:
+                continue
+            steps = [s for s, _ in curves[0]]
+            values = np.array([[a for _, a in c] for c in curves if len(c) == len(steps)])
+            ax.plot(steps, values.mean(axis=0), marker=".", label=variant)
+        ax.set_title(f"label noise {noise:g}")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy (mean over seeds)")
+    axes[0][-1].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy_vs_step.png"), dpi=110)
+    plt.close(fig)

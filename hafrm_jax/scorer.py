@@ -1,0 +1,109 @@
+"""A trained reward model, ready to score text: from a training workdir or a Hugging Face
+checkpoint directory, with its tokenizer, on a device mesh.
+
+`RewardScorer.score_pairs` gives per-pair rewards (and, where a reference model is known, the
+policy head's implicit rewards); `score_responses` gives one reward per (prompt, response).
+Both batch and shard the work like training does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from jax.sharding import Mesh
+
+from hafrm_jax import configuration
+from hafrm_jax.data.records import PreferencePair
+from hafrm_jax.data.tokenize import TokenizeStats, tokenize_pairs, tokenize_responses
+from hafrm_jax.evaluation import eval_batch_size, make_score_fn, score_pairs
+from hafrm_jax.hf.checkpoint import pretrained_model_config, resolve_checkpoint
+from hafrm_jax.hf.tokenizer import load_tokenizer
+from hafrm_jax.model.config import ModelConfig
+from hafrm_jax.sharding import DEFAULT_RULES, Rules, make_mesh
+from hafrm_jax.train.state import init_params
+from hafrm_jax.workdir import load_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RewardScorer:
+    model_config: ModelConfig
+    params: Any
+    tokenizer: Any
+    mesh: Mesh
+    rules: Rules
+    max_length: int
+    max_prompt_length: int
+    chat_format: str = "auto"
+    batch_size: int = 32
+    ref_params: Any = None  # the starting model, for DPO's implicit reward
+    beta: float = 0.1
+    source: str = ""  # where the model came from, for reports
+    config: Any = None  # the training run's ConfigDict (None for a HF checkpoint)
+
+    def _score(self, data, with_logprobs: bool, params=None) -> dict[str, np.ndarray]:
+        fn = make_score_fn(self.model_config, self.mesh, self.rules, with_rewards=params is None,
+                           with_logprobs=with_logprobs)
+        batch = eval_batch_size(self.batch_size, self.mesh, self.rules)
+        return score_pairs(fn, self.params if params is None else params, data, len(data),
+                           batch, 64, self.mesh, self.rules)
+
+    def score_pairs(self, pairs: list[PreferencePair]) -> tuple[dict[str, np.ndarray],
+                                                                 TokenizeStats]:
+        """{"rewards" [n, 2], and with a reference model "logps", "ref_logps" [n, 2]} for the
+        pairs that survive tokenisation (identical pairs are dropped and counted)."""
+        data, stats = tokenize_pairs(pairs, self.tokenizer, self.max_length,
+                                     self.max_prompt_length, self.chat_format)
+        implicit = self.ref_params is not None
+        scores = self._score(data, with_logprobs=implicit)
+        if implicit:
+            scores["ref_logps"] = self._score(data, True, params=self.ref_params)["logps"]
+        return scores, stats
+
+    def score_responses(self, prompts: list, responses: list[str]) -> np.ndarray:
+        """Reward [n] of each response to its prompt, in input order."""
+        data = tokenize_responses(prompts, responses, self.tokenizer, self.max_length,
+                                  self.max_prompt_length, self.chat_format)
+        return self._score(data, with_logprobs=False)["rewards"][:, 0]
+
+
+def load_scorer(path: str, *, which: str = "best", reference: str | None = None,
+                batch_size: int = 32, max_length: int | None = None,
+                max_prompt_length: int | None = None, mesh: Mesh | None = None) -> RewardScorer:
+    """A scorer from a training workdir (config.json present) or a HF checkpoint directory.
+
+    For a workdir, the reference model (for implicit rewards) is rebuilt as training started
+    from it: the pretrained checkpoint, or the same random initialisation. For a HF checkpoint,
+    `reference` may name the directory of its starting model.
+    """
+    mesh = mesh or make_mesh()
+    if os.path.exists(os.path.join(path, "model_config.json")):
+        run = load_run(path, which, mesh=mesh)
+        rules = configuration.logical_rules(run.config)
+        ref_params = None
+        if run.config.train.method != "baseline":
+            start = run.config.model.name_or_path
+            ref_params, _ = init_params(run.model_config, run.config.train.seed, mesh, rules,
+                                        resolve_checkpoint(start) if start else None)
+        d = run.config.data
+        return RewardScorer(run.model_config, run.params, run.tokenizer, mesh, rules,
+                            max_length or d.max_length, max_prompt_length or d.max_prompt_length,
+                            d.chat_format, batch_size, ref_params, run.config.train.beta,
+                            f"{path} (step {run.step})", run.config)
+    directory = resolve_checkpoint(path)
+    config = pretrained_model_config(directory)
+    params, _ = init_params(config, 0, mesh, DEFAULT_RULES, directory)
+    ref_params = None
+    if reference:
+        ref_dir = resolve_checkpoint(reference)
+        ref_params, _ = init_params(pretrained_model_config(ref_dir), 0, mesh, DEFAULT_RULES,
+                                    ref_dir)
+    return RewardScorer(config, params, load_tokenizer(directory), mesh, DEFAULT_RULES,
+                        max_length or 2048, max_prompt_length or 1024, "auto", batch_size,
+                        ref_params, source=directory)
+

@@ -1,0 +1,42 @@
+"""The PNG of a run's curves, drawn from its metrics.jsonl at the end of training."""
+
+from __future__ import annotations
+
+import json
+import os
+
+PANELS = (
+    ("loss", ("train/loss", "train/loss/bt", "train/loss/dpo")),
+    ("validation accuracy", ("eval/accuracy", "eval/reward_accuracy", "eval/implicit_accuracy")),
+    ("margin (chosen - rejected)", ("train/reward/margin", "train/implicit/margin")),
+)
+
+
+def plot_training_curves(workdir: str, filename: str = "curves.png") -> str:
+    """Loss terms, validation accuracy and margins against step; returns the PNG's path."""
+    # matplotlib caches fonts under its config dir: keep that inside the workdir too
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(workdir, ".matplotlib"))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    for ax, (title, keys) in zip(axes, PANELS):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points), marker="." if key.startswith("eval") else None,
+                        label=key.split("/", 1)[1])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(workdir, filename)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

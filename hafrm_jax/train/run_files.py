@@ -1,0 +1,86 @@
+"""The files of a run's workdir besides checkpoints: what was run, and whether it may resume.
+
+config.json, model_config.json, tokenizer/ and (for a pretrained start) hf_config.json make a
+workdir self-contained: eval and export need nothing else. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+
+from hafrm_jax.configuration import ConfigError
+from hafrm_jax.hf.config import architecture_fields
+from hafrm_jax.model.config import ModelConfig, from_dict, to_dict
+
+log = logging.getLogger(__name__)
+
+# Keys whose change makes a resumed run a different run: refused unless allowed.
+RESUME_CRITICAL = ("train.method", "train.batch_size", "train.seed", "data.source",
+                   "data.files", "data.hub", "data.tfds", "data.seed", "data.label_noise",
+                   "data.max_length", "data.max_prompt_length", "model.name_or_path")
+
+
+def write_json(path: str, obj) -> None:
+    """Atomically (write, then rename), on process 0 only."""
+    if jax.process_index() != 0:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _flat(node, prefix="") -> dict:
+    out = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}."))
+        out[name] = value
+    return out
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str,
+                 model_config: ModelConfig) -> None:
+    """Refuse to resume a workdir whose run had another model shape or another run-defining
+    setting (RESUME_CRITICAL), unless train.allow_config_change; log the other changes."""
+    config_path = os.path.join(workdir, "config.json")
+    model_path = os.path.join(workdir, "model_config.json")
+    if not (os.path.exists(config_path) and os.path.exists(model_path)):
+        raise ConfigError(f"{workdir} has checkpoints but no config.json / model_config.json: "
+                          "it was not written by this library, or was damaged")
+    with open(config_path, encoding="utf-8") as f:
+        old = _flat(json.load(f))
+    with open(model_path, encoding="utf-8") as f:
+        old_model = from_dict(json.load(f))
+    new = _flat(json.loads(config.to_json()))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                     and not isinstance(new.get(k, old.get(k)), dict))
+    critical = [k for k in changed if k.startswith(RESUME_CRITICAL)]
+    old_arch, new_arch = architecture_fields(old_model), architecture_fields(model_config)
+    shape = sorted(k for k in new_arch if old_arch[k] != new_arch[k])
+    if shape:
+        critical.append(f"model architecture ({', '.join(shape)})")
+    if critical and not config.train.allow_config_change:
+        raise ConfigError(
+            f"{workdir} holds a run with another configuration ({'; '.join(critical)}): it "
+            "cannot be resumed as the same run. Use another --workdir, or pass "
+            "--config.train.allow_config_change=true to resume anyway.")
+    if changed:
+        log.warning("resuming %s with changed settings: %s", workdir, changed)
+
+
+def save_run_files(config: ml_collections.ConfigDict, workdir: str, tokenizer,
+                   model_config: ModelConfig, hf_config: dict | None) -> None:
+    if jax.process_index() != 0:
+        return
+    write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    write_json(os.path.join(workdir, "model_config.json"), to_dict(model_config))
+    if hf_config is not None:
+        write_json(os.path.join(workdir, "hf_config.json"), hf_config)
+    tokenizer.save_pretrained(os.path.join(workdir, "tokenizer"))

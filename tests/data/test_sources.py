@@ -1,0 +1,96 @@
+"""Sources: local files (globs), the hub (a stand-in `datasets` module), split hold-outs."""
+
+import json
+import sys
+import types
+
+import pytest
+
+from configs.default import get_config
+
+from hafrm_jax.data.pipeline import load_records
+from hafrm_jax.data.sources import read_splits
+
+
+def hh(i, good="yes"):
+    return {"chosen": f"\n\nHuman: q{i}\n\nAssistant: {good} {i}",
+            "rejected": f"\n\nHuman: q{i}\n\nAssistant: no {i}"}
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def hh_config(**files):
+    config = get_config()
+    config.data.source = "hh_rlhf"
+    for split, spec in files.items():
+        config.data.files[split] = spec
+    return config
+
+
+def test_files_with_globs_and_held_out_validation(tmp_path):
+    write_jsonl(tmp_path / "a.train.jsonl", [hh(i) for i in range(30)])
+    write_jsonl(tmp_path / "b.train.jsonl", [hh(i) for i in range(30, 40)])
+    test = write_jsonl(tmp_path / "test.jsonl", [hh(i) for i in range(100, 105)])
+    config = hh_config(train=str(tmp_path / "*.train.jsonl"), test=test)
+    config.data.validation_fraction = 0.25
+    results = read_splits(config.data)
+    train = {p.chosen for p in results["train"].pairs}
+    validation = {p.chosen for p in results["validation"].pairs}
+    assert len(train) == 30 and len(validation) == 10 and not train & validation
+    again = read_splits(config.data)  # deterministic from data.seed
+    assert [p.chosen for p in again["validation"].pairs] == [p.chosen for p in
+                                                            results["validation"].pairs]
+
+
+def test_test_split_held_out_when_missing_then_validation(tmp_path):
+    config = hh_config(train=write_jsonl(tmp_path / "all.jsonl", [hh(i) for i in range(100)]))
+    with pytest.raises(ValueError, match="data.test_fraction"):
+        read_splits(config.data)
+    config.data.test_fraction, config.data.validation_fraction = 0.1, 0.1
+    results = read_splits(config.data)
+    sizes = {s: len(r.pairs) for s, r in results.items()}
+    assert sizes == {"train": 81, "validation": 9, "test": 10}
+    seen = [p.chosen for r in results.values() for p in r.pairs]
+    assert len(set(seen)) == 100
+
+
+def test_max_train_pairs_and_missing_files(tmp_path):
+    config = hh_config(train=write_jsonl(tmp_path / "t.jsonl", [hh(i) for i in range(50)]),
+                       test=write_jsonl(tmp_path / "s.jsonl", [hh(i) for i in range(5)]))
+    config.data.max_train_pairs = 8
+    pairs, counts = load_records(config)
+    assert len(pairs["train"]) == 8 and counts["test"]["records"] == 5
+    config.data.files.test = str(tmp_path / "missing-*.jsonl")
+    with pytest.raises(FileNotFoundError, match="data.files.test"):
+        load_records(config)
+
+
+def test_exactly_one_kind_of_source(tmp_path):
+    config = hh_config()
+    with pytest.raises(ValueError, match="exactly one of"):
+        read_splits(config.data)
+    config.data.files.train = "x.jsonl"
+    config.data.hub.path = "Anthropic/hh-rlhf"
+    with pytest.raises(ValueError, match="exactly one of"):
+        read_splits(config.data)
+
+
+def test_hub_source_loads_each_data_dir(monkeypatch):
+    calls = []
+
+    def load_dataset(path, name=None, data_dir=None, split=None):
+        calls.append((path, data_dir, split))
+        return [hh(f"{data_dir}-{split}-{i}") for i in range(10)]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    config = hh_config()
+    config.data.hub.path = "Anthropic/hh-rlhf"
+    config.data.hub.data_dir = "helpful-base,harmless-base"
+    config.data.validation_fraction = 0.1
+    results = read_splits(config.data)
+    assert ("Anthropic/hh-rlhf", "harmless-base", "test") in calls
+    assert len(results["test"].pairs) == 20
+    assert len(results["train"].pairs) + len(results["validation"].pairs) == 20

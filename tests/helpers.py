@@ -1,0 +1,44 @@
+"""Builders shared by tests: a real subword tokenizer and a tiny pretrained-style checkpoint,
+made offline from the HH-RLHF sample and our own exporter."""
+
+import gzip
+import json
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from tests.conftest import SHARED_DATA
+
+HH_FILE = SHARED_DATA / "hh-rlhf" / "harmless-base-test-1800.jsonl.gz"
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def hh_records() -> list[dict]:
+    with gzip.open(HH_FILE, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def bpe_tokenizer(texts, vocab_size: int = 4000) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts`, with EOS, pad and ChatML special tokens."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[
+        "<pad>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
+                                   pad_token="<pad>")
+
+
+def tiny_checkpoint(directory: str, tokenizer, family_preset: str = "tiny", seed: int = 0) -> str:
+    """A random-weight Hugging Face checkpoint (CausalLM + tokenizer) written by our exporter."""
+    from hafrm_jax.hf.export import export_checkpoint
+    from hafrm_jax.model.config import preset
+    from hafrm_jax.sharding import DEFAULT_RULES, make_mesh
+    from hafrm_jax.train.state import init_params
+
+    config = preset(family_preset, vocab_size=len(tokenizer))
+    params, _ = init_params(config, seed, make_mesh(), DEFAULT_RULES)
+    return export_checkpoint(params, config, tokenizer, directory, head="policy")

@@ -1,0 +1,106 @@
+"""eval.py's modes on a tiny trained run, and the same numbers through an exported checkpoint."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.train.test_loop import small_config
+
+from hafrm_jax.data.synthetic import generate_pairs
+from hafrm_jax.evaluation_cli import (detect_format, evaluate_pair_sets, pair_sets_from_config,
+                                      run_best_of_n, run_rewardbench)
+from hafrm_jax.hf.export import export_checkpoint
+from hafrm_jax.scorer import load_scorer
+from hafrm_jax.train.loop import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "run"
+    train_and_evaluate(small_config(steps=6, eval_every=3), str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def scorer(workdir):
+    return load_scorer(workdir)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_pairs_on_the_runs_test_split_match_training(workdir, scorer):
+    results = evaluate_pair_sets(scorer, pair_sets_from_config(scorer), bootstrap=200)
+    test = results["test"]
+    saved = json.load(open(f"{workdir}/results.json"))["test"]
+    assert test["num_pairs"] == saved["num_pairs"] == 64
+    assert test["accuracy"] == pytest.approx(saved["accuracy"])
+    assert test["implicit_accuracy"] == pytest.approx(saved["implicit_accuracy"])
+    low, high = test["accuracy_ci95"]
+    assert low <= test["accuracy"] <= high
+    for key in ("reward_margin", "reward_ties", "reward_ece", "implicit_ece"):
+        assert key in test and f"{key}_ci95" in test
+
+
+def test_input_file_with_detected_format(tmp_path, scorer):
+    pairs = generate_pairs(20, seed=5)
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    assert detect_format(path) == "generic"
+    results = evaluate_pair_sets(scorer, {"pairs.jsonl": (path, "generic")}, bootstrap=0)
+    assert results["pairs.jsonl"]["num_pairs"] == 20
+
+
+def test_score_responses_in_input_order(scorer):
+    pairs = generate_pairs(6, seed=1)
+    prompts = [p.prompt for p in pairs] * 2
+    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    rewards = scorer.score_responses(prompts, responses)
+    scores, _ = scorer.score_pairs(pairs)
+    np.testing.assert_allclose(rewards[:6], scores["rewards"][:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rewards[6:], scores["rewards"][:, 1], rtol=1e-5, atol=1e-6)
+
+
+def test_best_of_n_and_rewardbench(tmp_path, scorer):
+    pairs = generate_pairs(4, seed=2)
+    rows = [{"prompt": p.prompt, "responses": [p.rejected, p.chosen], "gold_scores": [0, 1]}
+            for p in pairs]
+    out, summary = run_best_of_n(scorer, write_jsonl(tmp_path / "bon.jsonl", rows))
+    assert len(out) == 4 and all(len(r["scores"]) == 2 and r["best"] in (0, 1) for r in out)
+    assert summary["gold_of_random_pick"] == 0.5 and summary["gold_of_oracle"] == 1.0
+    rb = [{"prompt": p.prompt[0]["content"], "chosen": p.chosen, "rejected": p.rejected,
+           "subset": subset} for p, subset in zip(generate_pairs(8, seed=3),
+                                                   ["alpacaeval-easy", "hep-go"] * 4)]
+    result = run_rewardbench(scorer, write_jsonl(tmp_path / "rb.jsonl", rb))
+    assert set(result["sections"]) == {"Chat", "Reasoning"}
+    assert result["subsets"]["hep-go"]["num_pairs"] == 4
+
+
+def test_exported_checkpoint_scores_the_same(tmp_path, scorer):
+    out = export_checkpoint(scorer.params, scorer.model_config, scorer.tokenizer,
+                            str(tmp_path / "rm"))
+    hf = load_scorer(out, max_length=scorer.max_length,
+                     max_prompt_length=scorer.max_prompt_length)
+    pairs = generate_pairs(10, seed=4)
+    ours, _ = scorer.score_pairs(pairs)
+    theirs, _ = hf.score_pairs(pairs)
+    np.testing.assert_allclose(theirs["rewards"], ours["rewards"], rtol=1e-5, atol=1e-6)
+    assert "logps" not in theirs  # no reference model given: no implicit reward
+
+
+@pytest.mark.slow
+def test_eval_cli(tmp_path, workdir):
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}",
+                          f"--output={tmp_path / 'm.json'}", "--bootstrap=100",
+                          f"--plot={tmp_path / 'margins.png'}"], cwd=root, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| test | 64 |" in out.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["test"]["num_pairs"] == 64
+    assert (tmp_path / "margins.png").stat().st_size > 1000

@@ -1,0 +1,25 @@
+"""The experiment harness end to end at tiny size: runs, table, plots, and reuse on a rerun."""
+
+import os
+
+from tests.train.test_loop import small_config
+
+from hafrm_jax.experiments import Variant, run_grid, summarise, write_report
+
+
+def test_grid_report_and_resume(tmp_path):
+    config = small_config(steps=4, eval_every=2)
+    variants = [Variant("baseline"), Variant("haf"), Variant("haf", 1.0)]
+    runs = run_grid(config, variants, seeds=[0], noise_rates=[0.0, 0.25], out=str(tmp_path))
+    assert len(runs) == 6
+    assert {r["variant"] for r in runs} == {"Baseline", "HaF", "HaF (alpha=1)"}
+    table = summarise(runs)
+    assert table["HaF"][0.25][2] == 1
+    write_report(runs, table, str(tmp_path))
+    report = (tmp_path / "results.md").read_text()
+    assert "| HaF (alpha=1) |" in report and "noise 0.25" in report
+    for plot in ("accuracy_vs_noise.png", "accuracy_vs_step.png"):
+        assert os.path.getsize(tmp_path / plot) > 1000
+    again = run_grid(config, variants, seeds=[0], noise_rates=[0.0, 0.25], out=str(tmp_path))
+    assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in runs]
+    assert all(r["seconds"] < 5 for r in again)  # read back, not retrained
