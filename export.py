@@ -4,14 +4,16 @@
   python export.py --workdir=runs/hh --out=exported/hh-policy --head=policy   # ForCausalLM
 
 The reward model loads unchanged in transformers (AutoModelForSequenceClassification), trl,
-OpenRLHF and vLLM; `score` is the reward head. Only safetensors are written.
+OpenRLHF and vLLM; `score` is the reward head. A LoRA run exports merged weights, or with
+--peft its adapters in PEFT's layout. Only safetensors are written.
 """
 
+import dataclasses
 import logging
 
 from absl import app, flags
 
-from hafrm_jax.hf.export import DTYPES, export_checkpoint
+from hafrm_jax.hf.export import DTYPES, export_checkpoint, export_peft_adapters
 from hafrm_jax.workdir import load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to export.", required=True)
@@ -22,12 +24,23 @@ _PARAMS = flags.DEFINE_enum("params", "best", ["best", "latest"],
                             "best: the best validation accuracy; latest: the last checkpoint.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Weight dtype in the export.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
+_PEFT = flags.DEFINE_bool("peft", False, "LoRA runs: write the adapters (and the reward head as "
+                          "`score`) in PEFT's layout instead of merged weights.")
 
 
 def main(argv):
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
     run = load_run(_WORKDIR.value, _PARAMS.value)
+    if _PEFT.value:
+        if run.lora is None:
+            raise app.UsageError(f"{_WORKDIR.value} is not a LoRA run: --peft has no adapters")
+        out = export_peft_adapters(
+            run.adapters, dataclasses.replace(run.model_config, lora=run.lora), run.tokenizer,
+            _OUT.value, base_name_or_path=run.config.model.name_or_path,
+            overwrite=_OVERWRITE.value)
+        print(f"exported the LoRA adapters of step {run.step} of {_WORKDIR.value} to {out}")
+        return
     out = export_checkpoint(run.params, run.model_config, run.tokenizer, _OUT.value,
                             head=_HEAD.value, base_config=run.hf_config, dtype=_DTYPE.value,
                             overwrite=_OVERWRITE.value)

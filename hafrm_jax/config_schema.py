@@ -26,6 +26,15 @@ def default_config() -> ml_collections.ConfigDict:
     model.remat = "none"  # none | full | dots: rematerialise each layer in the backward pass
     model.attention_impl = "xla"  # xla | cudnn (NVIDIA flash attention; right padding only)
     model.logprob_chunk = 128  # positions per chunk of LM-head logits
+    # LoRA on the backbone (rank 0: full fine-tuning). The paper's Mistral-7B runs: rank 64,
+    # alpha 16 on the MLP. The base stays frozen (no optimizer state); the reward head is
+    # trained in full; the DPO reference is the base with the adapters off.
+    model.lora = ml_collections.ConfigDict(dict(
+        rank=0, alpha=16.0, dropout=0.0,
+        targets="mlp",  # mlp | attention | all | module names, e.g. "q_proj,v_proj"
+        train_lm_head=False,  # also train the LM (policy) head in full
+        base_dtype="",  # "bfloat16": store the frozen base in bf16 ("": model.param_dtype)
+    ))
 
     config.data = data = ml_collections.ConfigDict()
     # synthetic (the built-in task) | hh_rlhf | beaver | alpaca_farm | chatbot_arena | generic

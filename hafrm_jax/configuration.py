@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from hafrm_jax.model.config import ModelConfig, preset
+from hafrm_jax.model.config import LoraConfig, ModelConfig, preset
 from hafrm_jax.objective import METHODS, LossConfig, ObjectiveConfig
 from hafrm_jax.sharding import DEFAULT_RULES
 
@@ -27,11 +27,20 @@ ARCHITECTURE_KEYS = ("num_layers", "hidden_size", "intermediate_size", "num_head
                      "num_kv_heads")
 
 
+def lora_config(config: ml_collections.ConfigDict) -> LoraConfig | None:
+    lora = config.model.lora
+    if lora.rank <= 0:
+        return None
+    return LoraConfig(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                      targets=LoraConfig.parse_targets(lora.targets))
+
+
 def execution_options(config: ml_collections.ConfigDict) -> dict:
     """The ModelConfig fields that the run config sets whatever the architecture's source."""
     m = config.model
     return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                attention_impl=m.attention_impl, logprob_chunk=m.logprob_chunk)
+                attention_impl=m.attention_impl, logprob_chunk=m.logprob_chunk,
+                lora=lora_config(config))
 
 
 def model_config(config: ml_collections.ConfigDict, pretrained_dir: str | None = None) -> ModelConfig:
@@ -175,6 +184,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"model.remat={m.remat!r}: expected none, full or dots")
     _require(m.attention_impl in ("xla", "cudnn"),
              f"model.attention_impl={m.attention_impl!r}: expected xla or cudnn")
+    _require(m.lora.rank >= 0, "model.lora.rank must be non-negative")
+    _require(0 <= m.lora.dropout < 1, "model.lora.dropout must be in [0, 1)")
+    _require(m.lora.alpha > 0, "model.lora.alpha must be positive")
+    _require(m.lora.base_dtype in ("", "float32", "bfloat16"),
+             f"model.lora.base_dtype={m.lora.base_dtype!r}: expected '', float32 or bfloat16")
+    if m.lora.rank:
+        try:
+            LoraConfig.parse_targets(m.lora.targets)
+        except ValueError as e:
+            raise ConfigError(f"model.lora.targets: {e}") from e
     if not m.name_or_path:  # a pretrained architecture is checked when it is read
         try:
             model_config(config)

@@ -22,13 +22,13 @@ from hafrm_jax.objective import forward_pairs
 from hafrm_jax.sharding import (Rules, batch_sharding, data_parallel_size, host_batch_to_global,
                                 replicated)
 
-ScoreFn = Callable[[Any, dict], dict[str, jax.Array]]
+ScoreFn = Callable[[Any, dict, Any], dict[str, jax.Array]]
 
 
-def _score(params: Any, batch: dict, *, model_config: ModelConfig, with_rewards: bool,
-           with_logprobs: bool) -> dict[str, jax.Array]:
+def _score(params: Any, batch: dict, frozen: Any = None, *, model_config: ModelConfig,
+           with_rewards: bool, with_logprobs: bool) -> dict[str, jax.Array]:
     rewards, logps = forward_pairs(params, batch, model_config, with_rewards=with_rewards,
-                                   with_logprobs=with_logprobs)
+                                   with_logprobs=with_logprobs, frozen=frozen)
     out = {"valid": batch["valid"], "index": batch["index"]}
     for name, value in (("rewards", rewards), ("logps", logps),
                         ("ref_logps", batch.get("ref_logps"))):
@@ -39,8 +39,9 @@ def _score(params: Any, batch: dict, *, model_config: ModelConfig, with_rewards:
 
 def make_score_fn(model_config: ModelConfig, mesh: Mesh, rules: Rules, *, with_rewards: bool,
                   with_logprobs: bool) -> ScoreFn:
-    """jit(params, batch) -> {"rewards", "logps" ([pairs, 2]), "ref_logps", "valid", "index"},
-    replicated, so that every host sees the scores of the whole global batch."""
+    """jit(params, batch, frozen=None) -> {"rewards", "logps" ([pairs, 2]), "ref_logps",
+    "valid", "index"}, replicated, so that every host sees the scores of the whole global batch
+    (`frozen`: the LoRA base, when `params` are the trainable adapters and heads)."""
     fn = functools.partial(_score, model_config=model_config, with_rewards=with_rewards,
                            with_logprobs=with_logprobs)
     return jax.jit(fn, out_shardings=replicated(mesh))
@@ -54,7 +55,7 @@ def eval_batch_size(requested: int, mesh: Mesh, rules: Rules) -> int:
 
 def score_pairs(score_fn: ScoreFn, params: Any, data: TokenizedPairs, split_size: int,
                 batch_size: int, pad_to_multiple: int, mesh: Mesh,
-                rules: Rules) -> dict[str, np.ndarray]:
+                rules: Rules, frozen: Any = None) -> dict[str, np.ndarray]:
     """Score a split of which this host holds `data` (all of it on one host).
 
     split_size is the split's size over all hosts (an upper bound on every host's share), so
@@ -69,7 +70,7 @@ def score_pairs(score_fn: ScoreFn, params: Any, data: TokenizedPairs, split_size
     parts: dict[str, list[np.ndarray]] = {}
     for batch in eval_batches(data, local_batch, pad_to_multiple, num_batches):
         with jax.set_mesh(mesh):
-            out = score_fn(params, host_batch_to_global(batch, sharding))
+            out = score_fn(params, host_batch_to_global(batch, sharding), frozen)
         keep = np.asarray(out["valid"]).astype(bool)
         for name, value in out.items():
             if name != "valid":

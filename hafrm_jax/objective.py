@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from hafrm_jax import losses
 from hafrm_jax.model.config import ModelConfig
 from hafrm_jax.model.hybrid import HybridRewardModel
+from hafrm_jax.model.lora import model_variables
 
 Method = Literal["haf", "baseline", "dpo"]
 METHODS = ("haf", "baseline", "dpo")
@@ -132,44 +133,56 @@ def _flat(x: jax.Array) -> jax.Array:
 
 
 def forward_pairs(params: Params, batch: Batch, model_config: ModelConfig, *,
-                  with_rewards: bool, with_logprobs: bool):
+                  with_rewards: bool, with_logprobs: bool, frozen: Params | None = None,
+                  rng: jax.Array | None = None):
     """ONE forward pass over chosen and rejected; returns (rewards, logps), each [pairs, 2] or
-    None. (Any number of sides works: [n, 1, seq] scores single responses.)"""
+    None. (Any number of sides works: [n, 1, seq] scores single responses.) With LoRA, `params`
+    is the trainable tree and `frozen` the base; `rng` drives LoRA dropout in training."""
     groups = batch["input_ids"].shape[:2]
     out = HybridRewardModel(model_config).apply(
-        {"params": params}, _flat(batch["input_ids"]), _flat(batch["attention_mask"]),
-        _flat(batch["response_mask"]), with_rewards=with_rewards, with_logprobs=with_logprobs,
+        model_variables(params, frozen), _flat(batch["input_ids"]),
+        _flat(batch["attention_mask"]), _flat(batch["response_mask"]),
+        with_rewards=with_rewards, with_logprobs=with_logprobs,
+        rngs=None if rng is None else {"dropout": rng},
     )
     unflat = lambda x: None if x is None else x.reshape(groups)
     return unflat(out.rewards), unflat(out.logprobs)
 
 
 def hybrid_loss(params: Params, batch: Batch, config: LossConfig,
-                ref_params: Params | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                ref_params: Params | None = None, frozen: Params | None = None,
+                rng: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The whole objective as one pure, jit-able, differentiable function of `params`.
 
-    Reference log-probs come from `batch["ref_logps"]` (cached once per example) or, with
-    `reference="online"`, from a forward pass of the frozen `ref_params`.
+    `params` is the full params tree, or with LoRA the trainable tree (adapters and heads) with
+    the base passed in as `frozen`. Reference log-probs come from `batch["ref_logps"]` (cached
+    once per example) or, with `reference="online"`, from a forward pass of the frozen
+    reference: `ref_params`, or with LoRA the base itself with the adapters off.
     """
     objective = config.objective
     rewards, logps = forward_pairs(params, batch, config.model,
                                    with_rewards=objective.uses_rewards,
-                                   with_logprobs=objective.uses_policy)
+                                   with_logprobs=objective.uses_policy, frozen=frozen, rng=rng)
     ref_logps = response_lengths = None
     if objective.uses_policy:
-        ref_logps = reference_logps(batch, config.model, objective, ref_params)
+        ref_logps = reference_logps(batch, config.model, objective, ref_params, frozen)
         response_lengths = jnp.sum(batch["response_mask"], axis=-1).astype(jnp.float32)
     return pair_objective(rewards, logps, ref_logps, response_lengths, objective)
 
 
 def reference_logps(batch: Batch, model_config: ModelConfig, objective: ObjectiveConfig,
-                    ref_params: Params | None) -> jax.Array:
+                    ref_params: Params | None, frozen: Params | None = None) -> jax.Array:
     """[pairs, 2] reference log-probs: the cached column, or the frozen model run now."""
     if objective.reference == "cached":
         if "ref_logps" not in batch:
-            raise ValueError("reference='cached' needs batch['ref_logps']; precompute them with "
-                             "hafrm_jax.reference.compute_reference_logps")
+            raise ValueError("reference='cached' needs batch['ref_logps'] (the training loop "
+                             "precomputes them once per example)")
         return batch["ref_logps"]
+    if frozen is not None:  # LoRA: the base with the adapters off (its initial LM head if trained)
+        base = {**frozen, **(ref_params or {})}
+        _, ref = forward_pairs(jax.lax.stop_gradient(base), batch, model_config,
+                               with_rewards=False, with_logprobs=True)
+        return ref
     if ref_params is None:
         raise ValueError("reference='online' needs the frozen reference params")
     _, ref = forward_pairs(jax.lax.stop_gradient(ref_params), batch, model_config,

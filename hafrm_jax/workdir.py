@@ -16,11 +16,13 @@ import ml_collections
 
 from hafrm_jax import configuration
 from hafrm_jax.checkpoint import RunCheckpoints
-from hafrm_jax.model.config import ModelConfig, from_dict
+from hafrm_jax.hf.checkpoint import resolve_checkpoint
+from hafrm_jax.model.config import LoraConfig, ModelConfig, from_dict
+from hafrm_jax.model.lora import COLLECTION, merge_adapters, split_trainable
 from hafrm_jax.sharding import Rules, make_mesh
 from hafrm_jax.train.optimizer import make_optimizer
-from hafrm_jax.train.state import (abstract_params, abstract_train_state, param_shardings,
-                                   state_shardings)
+from hafrm_jax.train.state import (abstract_params, abstract_train_state, init_params,
+                                   param_shardings, state_shardings)
 
 
 @dataclasses.dataclass
@@ -31,6 +33,8 @@ class Run:
     tokenizer: Any
     step: int  # the step the params are from
     hf_config: dict | None  # the pretrained checkpoint's config.json, if the run started from one
+    adapters: Any = None  # LoRA runs: the trained {"lora", heads} tree (params are merged)
+    lora: LoraConfig | None = None  # ... and its configuration
 
 
 def _read_json(path: str):
@@ -40,7 +44,12 @@ def _read_json(path: str):
 
 def load_run(workdir: str, which: Literal["best", "latest"] = "best", mesh=None,
              rules: Rules | None = None) -> Run:
-    """The params of `workdir`: the best by validation accuracy, or the latest checkpoint."""
+    """The params of `workdir`: the best by validation accuracy, or the latest checkpoint.
+
+    For a LoRA run the base is rebuilt as training started from it (the pretrained checkpoint,
+    or the same random initialisation) and the adapters are merged in: `params` is then a plain
+    full model (`model_config.lora` None), and `adapters` holds the trained tree.
+    """
     for name in ("config.json", "model_config.json"):
         if not os.path.exists(os.path.join(workdir, name)):
             raise FileNotFoundError(f"{workdir} is not a training workdir: it has no {name}")
@@ -50,6 +59,13 @@ def load_run(workdir: str, which: Literal["best", "latest"] = "best", mesh=None,
     rules = rules or configuration.logical_rules(config)
     shardings = param_shardings(model_config, mesh, rules)
     shapes = abstract_params(model_config)
+    lora = model_config.lora
+    if lora is not None:  # checkpoints hold the trainable tree only
+        train_lm_head = config.model.lora.train_lm_head
+        shapes = split_trainable(shapes, abstract_params(model_config, COLLECTION),
+                                 train_lm_head)[0]
+        shardings = split_trainable(shardings, param_shardings(model_config, mesh, rules,
+                                                               COLLECTION), train_lm_head)[0]
     abstract = jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     checkpoints = RunCheckpoints(workdir, keep=config.train.keep_checkpoints)
@@ -77,4 +93,13 @@ def load_run(workdir: str, which: Literal["best", "latest"] = "best", mesh=None,
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(workdir, "tokenizer"))
     hf_path = os.path.join(workdir, "hf_config.json")
     hf_config = _read_json(hf_path) if os.path.exists(hf_path) else None
-    return Run(config, model_config, params, tokenizer, step, hf_config)
+    adapters = None
+    if lora is not None:
+        start = config.model.name_or_path
+        base, _ = init_params(model_config, config.train.seed, mesh, rules,
+                              resolve_checkpoint(start) if start else None)
+        adapters = params
+        heads = {k: v for k, v in adapters.items() if k != COLLECTION}
+        params = merge_adapters({**base, **heads}, adapters[COLLECTION], model_config)
+        model_config = dataclasses.replace(model_config, lora=None)
+    return Run(config, model_config, params, tokenizer, step, hf_config, adapters, lora)

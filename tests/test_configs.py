@@ -45,11 +45,12 @@ def test_validation_names_the_key():
 
 
 def test_recipes_carry_the_paper_hyperparameters():
-    for name in ("hh", "hh_helpful", "hh_harmless", "beaver", "alpaca_farm", "chatbot_arena"):
+    for name in ("hh", "hh_helpful", "hh_harmless", "beaver", "alpaca_farm", "chatbot_arena",
+                 "hh_mistral_lora"):
         config = importlib.import_module(f"configs.{name}").get_config()
         assert (config.data.max_length, config.data.max_prompt_length) == (512, 128)
         assert (config.train.alpha, config.train.beta, config.train.batch_size) == (0.2, 0.1, 16)
-        assert config.optim.learning_rate == 1e-5
+        assert config.optim.learning_rate == (3e-5 if config.model.lora.rank else 1e-5)
         assert config.data.source != "synthetic"
 
 

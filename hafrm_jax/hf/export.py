@@ -55,6 +55,51 @@ def _hf_config(cfg: ModelConfig, head: str, tokenizer, base_config: dict | None,
     return config
 
 
+def export_peft_adapters(adapters: Any, cfg: ModelConfig, tokenizer, out_dir: str, *,
+                         base_name_or_path: str | None, overwrite: bool = False) -> str:
+    """LoRA adapters (and the reward head as `score`) in PEFT's layout: adapter_config.json +
+    adapter_model.safetensors, loadable with `PeftModel.from_pretrained` onto the base model's
+    `<Family>ForSequenceClassification`."""
+    if cfg.lora is None:
+        raise ValueError("not a LoRA model")
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; choose another --out or pass --overwrite")
+    rename = {"o_proj": "dense"} if cfg.family == "phi" else {}
+    tensors: dict[str, np.ndarray] = {}
+    for keys, value in jax.tree_util.tree_flatten_with_path(adapters["lora"])[0]:
+        path = tuple(k.key for k in keys)  # (..., "layers", block, "<name>_lora", "a" | "b")
+        layer = path[-2][: -len("_lora")]
+        module = "model.layers.{i}." + ".".join(path[2:-2] + (rename.get(layer, layer),))
+        array = np.asarray(jax.device_get(value), np.float32)
+        for i in range(array.shape[0]):
+            side = "lora_A" if path[-1] == "a" else "lora_B"
+            tensors[f"base_model.model.{module.format(i=i)}.{side}.weight"] = \
+                np.ascontiguousarray(array[i].T)
+    score = np.asarray(jax.device_get(adapters["reward_head"]["kernel"]), np.float32)
+    tensors["base_model.model.score.weight"] = np.ascontiguousarray(score.T)
+    adapter_config = {
+        "peft_type": "LORA", "task_type": "SEQ_CLS", "r": cfg.lora.rank,
+        "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
+        "target_modules": sorted(rename.get(t, t) for t in cfg.lora.targets),
+        "modules_to_save": ["score"], "bias": "none", "fan_in_fan_out": False,
+        "inference_mode": True, "init_lora_weights": True, "use_rslora": False,
+        "use_dora": False, "base_model_name_or_path": base_name_or_path,
+    }
+    tmp = out_dir.rstrip("/") + ".tmp-export"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+        json.dump(adapter_config, f, indent=2)
+    tokenizer.save_pretrained(tmp)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    log.info("exported LoRA adapters (rank %d, %d tensors) to %s", cfg.lora.rank, len(tensors),
+             out_dir)
+    return out_dir
+
+
 def _plan_shards(sizes: list[tuple[str, int]], max_bytes: int) -> list[list[str]]:
     shards, current, total = [], [], 0
     for name, size in sizes:

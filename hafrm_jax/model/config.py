@@ -32,6 +32,42 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192
 
 
+LORA_TARGET_GROUPS = {
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj", "fc1", "fc2"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters W + (alpha / rank) * A @ B on the named linear layers of every block."""
+
+    rank: int
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = LORA_TARGET_GROUPS["mlp"]  # module names (q_proj, gate_proj, ...)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @staticmethod
+    def parse_targets(spec: str) -> tuple[str, ...]:
+        """"mlp", "attention", "all", or module names, comma-separated (e.g. "q_proj,v_proj")."""
+        names: list[str] = []
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            if part == "all":
+                names += LORA_TARGET_GROUPS["attention"] + LORA_TARGET_GROUPS["mlp"]
+            else:
+                names += LORA_TARGET_GROUPS.get(part, (part,))
+        known = set(LORA_TARGET_GROUPS["attention"] + LORA_TARGET_GROUPS["mlp"])
+        unknown = sorted(set(names) - known)
+        if unknown or not names:
+            raise ValueError(f"LoRA targets {unknown or spec!r}: expected mlp, attention, all, or "
+                             f"some of {sorted(known)}")
+        return tuple(dict.fromkeys(names))
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A pre-norm decoder (Llama, Mistral, Qwen2/3, Gemma 1/2, Phi-2) plus execution options.
@@ -75,6 +111,7 @@ class ModelConfig:
     remat: RematPolicy = "none"  # per-layer rematerialisation in the backward pass
     attention_impl: AttentionImpl = "xla"  # "cudnn": fused flash attention on NVIDIA GPUs
     logprob_chunk: int = 128  # sequence positions per chunk of LM-head logits
+    lora: LoraConfig | None = None  # adapters on the backbone (the base then stays frozen)
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -189,4 +226,6 @@ def from_dict(fields: dict) -> ModelConfig:
         fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
     if fields.get("layer_windows") is not None:
         fields["layer_windows"] = tuple(fields["layer_windows"])
+    if fields.get("lora") is not None:
+        fields["lora"] = LoraConfig(**{**fields["lora"], "targets": tuple(fields["lora"]["targets"])})
     return ModelConfig(**fields)

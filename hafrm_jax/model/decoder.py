@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from hafrm_jax.model.config import ModelConfig, RopeScaling
+from hafrm_jax.model.lora import COLLECTION, adapted
 
 _INIT_STD = 0.02  # Hugging Face's default `initializer_range`
 _QUERY_AXES = ("act_batch", "act_length", "act_heads", "act_head_dim")
@@ -140,9 +141,13 @@ class Attention(nn.Module):
                 dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
             )
 
-        q = projection("q_proj", cfg.num_heads, "heads")(x)  # [batch, seq, heads, head_dim]
-        k = projection("k_proj", cfg.num_kv_heads, "kv_heads")(x)  # [batch, seq, kv, head_dim]
-        v = projection("v_proj", cfg.num_kv_heads, "kv_heads")(x)
+        def project(name, heads, head_axis):
+            out = projection(name, heads, head_axis)(x)
+            return adapted(self, name, out, x, (x.shape[-1],), (heads, hd), "embed", head_axis)
+
+        q = project("q_proj", cfg.num_heads, "heads")  # [batch, seq, heads, head_dim]
+        k = project("k_proj", cfg.num_kv_heads, "kv_heads")  # [batch, seq, kv, head_dim]
+        v = project("v_proj", cfg.num_kv_heads, "kv_heads")
         if cfg.qk_norm:
             q = Norm(cfg, axis_name="head_dim", name="q_norm")(q)
             k = Norm(cfg, axis_name="head_dim", name="k_norm")(k)
@@ -158,12 +163,14 @@ class Attention(nn.Module):
             out = dot_product_attention(q, k, v, mask, cfg.attention_scale,
                                         cfg.attn_logit_softcap)
         out = nn.with_logical_constraint(out, _QUERY_AXES)
-        return nn.DenseGeneral(
+        projected = nn.DenseGeneral(
             features=cfg.hidden_size, axis=(-2, -1), use_bias=cfg.attention_out_bias,
             name="o_proj", kernel_init=normal_init(("heads", "head_dim", "embed")),
             bias_init=zeros_init(("embed",)),
             dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
         )(out)
+        return adapted(self, "o_proj", projected, out, (cfg.num_heads, hd), (cfg.hidden_size,),
+                       "heads", "embed")
 
 
 class MLP(nn.Module):
@@ -176,20 +183,21 @@ class MLP(nn.Module):
         cfg = self.config
         act = activation(cfg.activation)
 
-        def dense(name, features, axes):
-            return nn.Dense(features, use_bias=cfg.mlp_bias, name=name,
-                            kernel_init=normal_init(axes), bias_init=zeros_init(axes[1:]),
-                            dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+        def dense(name, inputs, features, axes):
+            out = nn.Dense(features, use_bias=cfg.mlp_bias, name=name,
+                           kernel_init=normal_init(axes), bias_init=zeros_init(axes[1:]),
+                           dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)(inputs)
+            return adapted(self, name, out, inputs, (inputs.shape[-1],), (features,), *axes)
 
         if cfg.mlp == "gated":
-            h = act(dense("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x)) * dense(
-                "up_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+            h = act(dense("gate_proj", x, cfg.intermediate_size, ("embed", "mlp"))) * dense(
+                "up_proj", x, cfg.intermediate_size, ("embed", "mlp"))
             down = "down_proj"
         else:
-            h = act(dense("fc1", cfg.intermediate_size, ("embed", "mlp"))(x))
+            h = act(dense("fc1", x, cfg.intermediate_size, ("embed", "mlp")))
             down = "fc2"
         h = nn.with_logical_constraint(h, ("act_batch", "act_length", "act_mlp"))
-        return dense(down, cfg.hidden_size, ("mlp", "embed"))(h)
+        return dense(down, h, cfg.hidden_size, ("mlp", "embed"))
 
 
 class DecoderLayer(nn.Module):
@@ -244,8 +252,8 @@ class Decoder(nn.Module):
             layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
         self.layers = nn.scan(
             layer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
+            variable_axes={"params": 0, COLLECTION: 0},
+            split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast, nn.broadcast, 0),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},

@@ -35,7 +35,8 @@ from hafrm_jax.train.metrics_writer import MetricsWriter
 from hafrm_jax.train.optimizer import make_optimizer
 from hafrm_jax.train.plots import plot_training_curves
 from hafrm_jax.train.run_files import check_resume, save_run_files, write_json
-from hafrm_jax.train.state import TrainState, create_train_state, init_params
+from hafrm_jax.model.lora import split_trainable
+from hafrm_jax.train.state import TrainState, create_train_state, init_adapters, init_params
 from hafrm_jax.train.step import train_step
 
 log = logging.getLogger(__name__)
@@ -158,20 +159,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         log.info("%s: %d pairs (%d on this host), %d tokens", name, data.sizes[name], len(split),
                  split.num_tokens())
 
-    # State, reference log-probs, resume.
+    # State (with LoRA: trainable adapters and heads, the base frozen), reference log-probs,
+    # resume.
     optimizer, schedule = make_optimizer(config.optim, t.steps)
     params, params_sh = init_params(loss_config.model, t.seed, mesh, rules, pretrained)
+    frozen = frozen_sh = None
+    if loss_config.model.lora is not None:
+        params, params_sh, frozen, frozen_sh = _split_for_lora(config, loss_config, params,
+                                                               params_sh, mesh, rules)
     state, state_sh = create_train_state(params, params_sh, optimizer, t.seed, mesh)
     eval_bs = eval_batch_size(t.eval_batch_size, mesh, rules)
     score = functools.partial(_score_split, sizes=data.sizes, batch_size=eval_bs,
                               pad_to_multiple=config.data.pad_to_multiple, mesh=mesh,
-                              rules=rules)
-    ref_params = None
+                              rules=rules, frozen=frozen)
+    ref_params = ref_sh = None
     if objective.uses_policy:
         _attach_reference_logps(config, workdir, loss_config, splits, state.params, score, mesh,
                                 rules)
-        if objective.reference == "online":
-            ref_params = jax.tree_util.tree_map(lambda x: x.copy(), state.params)
+        if objective.reference == "online":  # with LoRA: the base, plus a trained LM head's start
+            ref_params = state.params if frozen is None else (
+                {"lm_head": state.params["lm_head"]} if "lm_head" in state.params else None)
+            if ref_params is not None:
+                ref_sh = params_sh if frozen is None else {"lm_head": params_sh["lm_head"]}
+                ref_params = jax.tree_util.tree_map(lambda x: x.copy(), ref_params)
     checkpoints.discard_best_after(start)  # written after the state we resume: stale
     best_score = -np.inf
     if start:
@@ -186,14 +196,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     batch_sh = batch_sharding(mesh, rules)
     step = functools.partial(train_step, loss_config=loss_config, optimizer=optimizer,
                              schedule=schedule, grad_accum_steps=t.grad_accum_steps)
-    if ref_params is None:
-        step_fn = jax.jit(functools.partial(step, ref_params=None),
-                          in_shardings=(state_sh, batch_sh),
-                          out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
-    else:
-        online = jax.jit(step, in_shardings=(state_sh, batch_sh, params_sh),
-                         out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
-        step_fn = lambda state, batch: online(state, batch, ref_params)
+    jitted = jax.jit(step, in_shardings=(state_sh, batch_sh, ref_sh, frozen_sh),
+                     out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
+    step_fn = lambda state, batch: jitted(state, batch, ref_params, frozen)
     score_fn = make_score_fn(loss_config.model, mesh, rules, with_rewards=objective.uses_rewards,
                              with_logprobs=objective.uses_policy)
     primary = "implicit" if objective.method == "dpo" else "reward"
@@ -294,6 +299,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _score_split(score_fn, params, split, split_name: str, *, sizes: dict, **kwargs):
     return score_pairs(score_fn, params, split, sizes[split_name], **kwargs)
+
+
+def _split_for_lora(config, loss_config: LossConfig, params, params_sh, mesh, rules):
+    """(trainable, its shardings, frozen base, its shardings) for LoRA training; the base is
+    cast to model.lora.base_dtype if set (bf16 halves its memory)."""
+    lora = config.model.lora
+    adapters, adapters_sh = init_adapters(loss_config.model, config.train.seed, mesh, rules)
+    trainable, frozen = split_trainable(params, adapters, lora.train_lm_head)
+    trainable_sh, frozen_sh = split_trainable(params_sh, adapters_sh, lora.train_lm_head)
+    if lora.base_dtype:
+        dtype = jax.numpy.dtype(lora.base_dtype)
+        frozen = jax.jit(lambda tree: jax.tree_util.tree_map(lambda x: x.astype(dtype), tree),
+                         out_shardings=frozen_sh)(frozen)
+    count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))
+    log.info("LoRA rank %d on %s: %.2fM trainable params, %.1fM frozen", lora.rank,
+             ",".join(loss_config.model.lora.targets), count(trainable) / 1e6,
+             count(frozen) / 1e6)
+    return trainable, trainable_sh, frozen, frozen_sh
 
 
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:

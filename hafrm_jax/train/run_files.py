@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 # Keys whose change makes a resumed run a different run: refused unless allowed.
 RESUME_CRITICAL = ("train.method", "train.batch_size", "train.seed", "data.source",
                    "data.files", "data.hub", "data.tfds", "data.seed", "data.label_noise",
-                   "data.max_length", "data.max_prompt_length", "model.name_or_path")
+                   "data.max_length", "data.max_prompt_length", "model.name_or_path",
+                   "model.lora")
 
 
 def write_json(path: str, obj) -> None:

@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 
 from hafrm_jax.model.config import ModelConfig
 from hafrm_jax.model.hybrid import HybridRewardModel
+from hafrm_jax.model.lora import COLLECTION
 from hafrm_jax.sharding import Rules, logical_to_sharding, replicated
 
 
@@ -26,26 +27,38 @@ class TrainState:
     skip_streak: jax.Array  # ... and in a row, up to now
 
 
-def _init_fn(model_config: ModelConfig):
+def _init_fn(model_config: ModelConfig, collection: str = "params"):
     model = HybridRewardModel(model_config)
     ids = jnp.zeros((2, 8), jnp.int32)
     mask = jnp.ones((2, 8), jnp.int32)
 
     def init(rng):
-        return model.init(rng, ids, mask, mask)["params"]  # boxed: nn.Partitioned leaves
+        return model.init(rng, ids, mask, mask)[collection]  # boxed: nn.Partitioned leaves
 
     return init
 
 
-def param_shardings(model_config: ModelConfig, mesh: Mesh, rules: Rules):
-    """NamedShardings of the params, from the logical axis names of the model's weights."""
-    boxed = jax.eval_shape(_init_fn(model_config), jax.random.PRNGKey(0))
+def param_shardings(model_config: ModelConfig, mesh: Mesh, rules: Rules,
+                    collection: str = "params"):
+    """NamedShardings of the params (or the LoRA adapters: collection="lora"), from the
+    logical axis names of the model's weights."""
+    boxed = jax.eval_shape(_init_fn(model_config, collection), jax.random.PRNGKey(0))
     return logical_to_sharding(boxed, mesh, rules)
 
 
-def abstract_params(model_config: ModelConfig) -> Any:
-    """Shape/dtype structs of the params pytree (no memory allocated)."""
-    return nn.meta.unbox(jax.eval_shape(_init_fn(model_config), jax.random.PRNGKey(0)))
+def abstract_params(model_config: ModelConfig, collection: str = "params") -> Any:
+    """Shape/dtype structs of the params (or adapters) pytree (no memory allocated)."""
+    return nn.meta.unbox(jax.eval_shape(_init_fn(model_config, collection),
+                                        jax.random.PRNGKey(0)))
+
+
+def init_adapters(model_config: ModelConfig, seed: int, mesh: Mesh, rules: Rules):
+    """Fresh LoRA adapters (B = 0: the adapted model starts as the base), created sharded."""
+    shardings = param_shardings(model_config, mesh, rules, COLLECTION)
+    init = _init_fn(model_config, COLLECTION)
+    adapters = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(
+        jax.random.PRNGKey(seed + 2))
+    return adapters, shardings
 
 
 def init_params(model_config: ModelConfig, seed: int, mesh: Mesh, rules: Rules,

@@ -6,7 +6,6 @@ update and one compiled program serve any accumulation factor.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -24,25 +23,37 @@ def _microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Arra
         lambda x: jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1), batch)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], ref_params: Any, *,
-               loss_config: LossConfig, optimizer: optax.GradientTransformation,
-               schedule: optax.Schedule, grad_accum_steps: int) -> tuple[TrainState, dict]:
-    grad_fn = jax.value_and_grad(
-        functools.partial(hybrid_loss, config=loss_config, ref_params=ref_params), has_aux=True)
+def train_step(state: TrainState, batch: dict[str, jax.Array], ref_params: Any,
+               frozen: Any = None, *, loss_config: LossConfig,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               grad_accum_steps: int) -> tuple[TrainState, dict]:
+    """One optimizer step. `state.params` is what is trained: the full params, or with LoRA
+    the adapters and heads, the base passed in `frozen` (never differentiated, no optimizer
+    state). `ref_params` is the online reference, if any."""
+    lora = loss_config.model.lora
+    step_rng = jax.random.fold_in(state.rng, state.step)  # LoRA dropout: resumable by step
+    use_rng = lora is not None and lora.dropout > 0
+
+    def grad_fn(params, micro, index):
+        rng = jax.random.fold_in(step_rng, index) if use_rng else None
+        return jax.value_and_grad(hybrid_loss, has_aux=True)(
+            params, micro, loss_config, ref_params, frozen, rng)
 
     if grad_accum_steps == 1:
-        (_, metrics), grads = grad_fn(state.params, batch)
+        (_, metrics), grads = grad_fn(state.params, batch, 0)
     else:
-        def accumulate(carry, micro):
-            (_, m), g = grad_fn(state.params, micro)
+        def accumulate(carry, xs):
+            micro, index = xs
+            (_, m), g = grad_fn(state.params, micro, index)
             return jax.tree_util.tree_map(jnp.add, carry, (g, m)), None
 
         micro = _microbatches(batch, grad_accum_steps)
         first = jax.tree_util.tree_map(lambda x: x[0], micro)
-        (_, metric_shapes), grad_shapes = jax.eval_shape(grad_fn, state.params, first)
+        (_, metric_shapes), grad_shapes = jax.eval_shape(grad_fn, state.params, first, 0)
         zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
                                        (grad_shapes, metric_shapes))
-        (grads, metrics), _ = jax.lax.scan(accumulate, zeros, micro)
+        (grads, metrics), _ = jax.lax.scan(accumulate, zeros,
+                                           (micro, jnp.arange(grad_accum_steps)))
         grads, metrics = jax.tree_util.tree_map(lambda x: x / grad_accum_steps, (grads, metrics))
 
     grad_norm = optax.global_norm(grads)

@@ -98,3 +98,20 @@ def test_default_task_is_learned(tmp_path):
     config.train.eval_every = 100
     result = train_and_evaluate(config, str(tmp_path))
     assert result.test["accuracy"] >= 0.7, result.test
+
+
+def test_lora_run_resumes_exactly_and_loads_merged(tmp_path):
+    config = small_config(grad_accum_steps=2)
+    lora = config.model.lora
+    lora.rank, lora.targets, lora.dropout, lora.train_lm_head = 4, "all", 0.1, True
+    straight = train_and_evaluate(config, str(tmp_path / "straight"))
+    assert set(straight.state.params) == {"lora", "reward_head", "lm_head"}  # no base state
+    train_and_evaluate(config, str(tmp_path / "resumed"), stop_condition=lambda s: s == 5)
+    resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
+    for a, b in zip(_params(straight), _params(resumed)):
+        np.testing.assert_array_equal(a, b)
+    from hafrm_jax.workdir import load_run
+
+    run = load_run(str(tmp_path / "straight"))
+    assert run.model_config.lora is None and run.lora.rank == 4
+    assert "lora" not in run.params and "lm_head" in run.params
