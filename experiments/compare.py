@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from hafrm_jax.experiments import Variant, run_grid, summarise, write_report  # noqa: E402
+from hafrm_jax.experiments import (Variant, run_grid, summarise,  # noqa: E402
+                                   training_free_baselines, write_report)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/default.py", "The recipe every run starts from.", lock_config=True)
@@ -31,6 +32,8 @@ _METHODS = flags.DEFINE_list("methods", ["baseline", "dpo", "haf"], "Methods at 
 _ALPHAS = flags.DEFINE_list("alphas", ["0.05", "1.0"], "Extra HaF runs at these alphas.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "train.seed values.")
 _NOISE = flags.DEFINE_list("noise", ["0", "0.2", "0.4"], "data.label_noise rates.")
+_BASELINES = flags.DEFINE_bool("baselines", True, "Add chance and, for a pretrained model, the "
+                               "training-free mean log-prob row.")
 
 
 def main(argv):
@@ -41,7 +44,8 @@ def main(argv):
     runs = run_grid(_CONFIG.value, variants, [int(s) for s in _SEEDS.value],
                     [float(n) for n in _NOISE.value], _OUT.value)
     table = summarise(runs)
-    write_report(runs, table, _OUT.value)
+    baselines = training_free_baselines(_CONFIG.value) if _BASELINES.value else None
+    write_report(runs, table, _OUT.value, baselines)
     print(open(os.path.join(_OUT.value, "results.md")).read())
 
 

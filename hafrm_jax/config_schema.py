@@ -54,6 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     data.options = ml_collections.ConfigDict()  # reader options, e.g. single_turn, pair_selection
     data.on_error = "raise"  # bad records: raise (file, line, field) | skip (counted, logged)
     data.max_train_pairs = 0  # 0: all; else a fixed random subset, for smoke runs
+    data.max_eval_pairs = 0  # the same for validation and test
     data.seed = 0  # draws the synthetic data, the validation hold-out and the label-noise flips
     data.label_noise = 0.0  # share of training pairs with chosen and rejected swapped
     data.max_length = 32  # tokens per sequence: prompt (cut from the left) + response + EOS

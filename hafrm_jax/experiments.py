@@ -78,6 +78,27 @@ def run_grid(config: ml_collections.ConfigDict, variants: list[Variant], seeds: 
     return runs
 
 
+def training_free_baselines(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Reference rows on the test split: chance, and (for a pretrained starting model) its
+    mean per-token log-prob of each response, with no training at all."""
+    from hafrm_jax.data.pipeline import load_records
+    from hafrm_jax.metrics import accuracy
+    from hafrm_jax.scorer import load_scorer
+
+    out = {"Chance": 0.5}
+    if config.model.name_or_path:
+        from hafrm_jax.hf.checkpoint import resolve_checkpoint
+
+        scorer = load_scorer(resolve_checkpoint(config.model.name_or_path),
+                             max_length=config.data.max_length,
+                             max_prompt_length=config.data.max_prompt_length)
+        scorer.chat_format = config.data.chat_format
+        test = load_records(config)[0]["test"]
+        out["Training-free: mean log-prob of the starting model"] = accuracy(
+            scorer.mean_logprob_margins(test))
+    return out
+
+
 def summarise(runs: list[dict]) -> dict[str, dict[float, tuple[float, float, int]]]:
     """variant -> noise -> (mean, std, number of seeds) of the test accuracy."""
     table: dict[str, dict[float, list[float]]] = {}
@@ -88,11 +109,20 @@ def summarise(runs: list[dict]) -> dict[str, dict[float, tuple[float, float, int
                       for noise, v in by_noise.items()} for variant, by_noise in table.items()}
 
 
-def write_report(runs: list[dict], table: dict, out: str) -> None:
-    """results.json, results.md and the two PNG plots."""
+def _mean_std(values) -> str:
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.4f} +- {np.std(values):.4f}" if values else "-"
+
+
+def write_report(runs: list[dict], table: dict, out: str,
+                 baselines: dict[str, float] | None = None) -> None:
+    """results.json, results.md (accuracy against noise; and per method at each noise rate:
+    implicit accuracy, ECE, steps, wall time, device) and the two PNG plots."""
+    import jax
+
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(runs, f, indent=1)
+        json.dump({"runs": runs, "baselines": baselines or {}}, f, indent=1)
     noise_rates = sorted({r["noise"] for r in runs})
     lines = ["Test accuracy, mean +- std over seeds (n seeds), model chosen on validation.", "",
              "| method | " + " | ".join(f"noise {n:g}" for n in noise_rates) + " |",
@@ -101,6 +131,21 @@ def write_report(runs: list[dict], table: dict, out: str) -> None:
         cells = [f"{by_noise[n][0]:.4f} +- {by_noise[n][1]:.4f} ({by_noise[n][2]})"
                  if n in by_noise else "-" for n in noise_rates]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    for name, value in (baselines or {}).items():
+        lines.append(f"| {name} | " + " | ".join(f"{value:.4f}" for _ in noise_rates) + " |")
+    device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+    for noise in noise_rates:
+        lines += ["", f"Label noise {noise:g}, on {device}:", "",
+                  "| method | test accuracy | implicit accuracy | ECE | best step | seconds/run |",
+                  "|---|---|---|---|---|---|"]
+        for variant in table:
+            rs = [r for r in runs if r["variant"] == variant and r["noise"] == noise]
+            if rs:
+                lines.append(f"| {variant} | {_mean_std([r['test_accuracy'] for r in rs])} | "
+                             f"{_mean_std([r['test_implicit_accuracy'] for r in rs])} | "
+                             f"{_mean_std([r['test_ece'] for r in rs])} | "
+                             f"{_mean_std([r['best_step'] for r in rs])} | "
+                             f"{np.mean([r['seconds'] for r in rs]):.0f} |")
     seconds = sum(r["seconds"] for r in runs)
     lines += ["", f"{len(runs)} runs, {seconds / 60:.1f} minutes of training in this invocation."]
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:

@@ -65,6 +65,16 @@ class RewardScorer:
             scores["ref_logps"] = self._score(data, True, params=self.ref_params)["logps"]
         return scores, stats
 
+    def mean_logprob_margins(self, pairs: list[PreferencePair]) -> np.ndarray:
+        """Training-free preference: per pair, the policy head's mean per-token log-prob of
+        the chosen response minus the rejected one's (RewardBench's reference-free score)."""
+        data, _ = tokenize_pairs(pairs, self.tokenizer, self.max_length, self.max_prompt_length,
+                                 self.chat_format)
+        logps = self._score(data, with_logprobs=True, params=self.params)["logps"]
+        lengths = (data.lengths - data.prompt_lengths[:, None]).astype(np.float64)
+        mean = logps / lengths
+        return mean[:, 0] - mean[:, 1]
+
     def score_responses(self, prompts: list, responses: list[str]) -> np.ndarray:
         """Reward [n] of each response to its prompt, in input order."""
         data = tokenize_responses(prompts, responses, self.tokenizer, self.max_length,

@@ -46,7 +46,7 @@ def test_validation_names_the_key():
 
 def test_recipes_carry_the_paper_hyperparameters():
     for name in ("hh", "hh_helpful", "hh_harmless", "beaver", "alpaca_farm", "chatbot_arena",
-                 "hh_mistral_lora"):
+                 "hh_mistral_lora", "smollm2_hh"):
         config = importlib.import_module(f"configs.{name}").get_config()
         assert (config.data.max_length, config.data.max_prompt_length) == (512, 128)
         assert (config.train.alpha, config.train.beta, config.train.batch_size) == (0.2, 0.1, 16)

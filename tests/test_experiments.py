@@ -23,3 +23,9 @@ def test_grid_report_and_resume(tmp_path):
     again = run_grid(config, variants, seeds=[0], noise_rates=[0.0, 0.25], out=str(tmp_path))
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in runs]
     assert all(r["seconds"] < 5 for r in again)  # read back, not retrained
+
+
+def test_random_init_has_only_the_chance_row():
+    from hafrm_jax.experiments import training_free_baselines
+
+    assert training_free_baselines(small_config()) == {"Chance": 0.5}

@@ -60,11 +60,13 @@ def load_records(config: ml_collections.ConfigDict
                        for s, p in pairs.items()}
     results = read_splits(d)
     pairs = {s: r.pairs for s, r in results.items()}
-    if d.max_train_pairs and len(pairs["train"]) > d.max_train_pairs:
-        keep = np.sort(np.random.default_rng((d.seed, 11)).choice(
-            len(pairs["train"]), d.max_train_pairs, replace=False))
-        pairs["train"] = [pairs["train"][i] for i in keep]
-        log.info("train: subsampled to data.max_train_pairs=%d", d.max_train_pairs)
+    for split, limit, salt in (("train", d.max_train_pairs, 11), ("validation", d.max_eval_pairs, 12),
+                               ("test", d.max_eval_pairs, 13)):
+        if limit and len(pairs[split]) > limit:
+            keep = np.sort(np.random.default_rng((d.seed, salt)).choice(
+                len(pairs[split]), limit, replace=False))
+            pairs[split] = [pairs[split][i] for i in keep]
+            log.info("%s: a fixed random subset of %d pairs (smoke-run limit)", split, limit)
     counts = {s: {"records": r.records, "skipped": r.skipped, "filtered": r.filtered}
               for s, r in results.items()}
     return pairs, counts

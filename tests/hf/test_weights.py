@@ -59,8 +59,8 @@ def test_shape_mismatch_names_the_tensor(files):
 
 
 class FakeTokenizer:
-    def __init__(self, vocab, unk=None, eos="</s>"):
-        self._vocab, self.unk_token, self.eos_token, self.pad_token = vocab, unk, eos, None
+    def __init__(self, vocab, unk=None, eos="</s>", pad=None):
+        self._vocab, self.unk_token, self.eos_token, self.pad_token = vocab, unk, eos, pad
 
     def get_vocab(self):
         return self._vocab
@@ -68,6 +68,10 @@ class FakeTokenizer:
     @property
     def pad_token_id(self):
         return None if self.pad_token is None else self._vocab[self.pad_token]
+
+    @property
+    def eos_token_id(self):
+        return self._vocab[self.eos_token]
 
 
 @pytest.mark.parametrize("vocab, unk, expected", [
@@ -82,3 +86,12 @@ def test_pad_token_is_not_eos_where_possible(vocab, unk, expected):
     tokenizer = FakeTokenizer(vocab, unk)
     ensure_pad_token(tokenizer)
     assert tokenizer.pad_token == expected
+
+
+def test_pad_equal_to_eos_is_replaced():
+    tokenizer = FakeTokenizer({"</s>": 0, "<unk>": 1}, unk="<unk>", pad="</s>")
+    ensure_pad_token(tokenizer)
+    assert tokenizer.pad_token == "<unk>"
+    keep = FakeTokenizer({"</s>": 0, "<pad>": 5}, pad="<pad>")
+    ensure_pad_token(keep)
+    assert keep.pad_token == "<pad>"
