@@ -1,0 +1,30 @@
+"""The benchmark's FLOP formula and its CPU smoke mode (the only part CI runs)."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from bench.train_step import step_flops
+from hafrm_jax.model.config import PRESETS
+
+
+def test_flops_formula_matches_the_pytorch_anchor():
+    # ../shared/bench: Qwen2.5-0.5B HaF, 8 pairs x 1,024 tokens, 351.1 TFLOP/s at 0.1445 s/step
+    assert step_flops(PRESETS["qwen2.5-0.5b"], 8, 1024, True) == pytest.approx(
+        351.1e12 * 0.1445, rel=2e-3)
+    # the plain reward model has no LM-head term
+    assert step_flops(PRESETS["qwen2.5-0.5b"], 8, 1024, False) < step_flops(
+        PRESETS["qwen2.5-0.5b"], 8, 1024, True)
+
+
+@pytest.mark.slow
+def test_smoke_mode_prints_the_table():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "bench/train_step.py", "--smoke"], cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| hafrm-jax | haf | 64 |" in out.stdout
+    assert "| hafrm-jax | baseline | 64 |" in out.stdout
+    assert "HaF / plain-RM step time at seq 64" in out.stdout
