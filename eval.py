@@ -1,6 +1,7 @@
 """Evaluate a reward model: preference accuracy, scoring, Best-of-N and RewardBench.
 
   python eval.py --workdir=runs/hh                          # the run's test split (+ eval.datasets)
+  python eval.py --workdir=runs/hh --config=configs/hh_harmless.py   # another recipe's test sets
   python eval.py --checkpoint=exported/rm --input=pairs.jsonl --output=metrics.json
   python eval.py --mode=score --checkpoint=DIR --input=IN.jsonl --output=OUT.jsonl
   python eval.py --mode=bon --checkpoint=DIR --input=candidates.jsonl --output=picks.jsonl
@@ -16,12 +17,16 @@ import os
 
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from hafrm_jax.evaluation_cli import (detect_format, evaluate_pair_sets, markdown_table,
                                       pair_sets_from_config, read_jsonl, run_best_of_n,
                                       run_rewardbench, write_jsonl)
 from hafrm_jax.scorer import load_scorer
 
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A recipe whose test split and eval.datasets to evaluate on (default: the "
+    "workdir's own config).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir to evaluate.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir or HF checkpoint dir.")
 _PARAMS = flags.DEFINE_enum("params", "best", ["best", "latest"], "Which params of a workdir.")
@@ -83,6 +88,8 @@ def main(argv):
         fmt = detect_format(_INPUT.value) if _FORMAT.value == "auto" else _FORMAT.value
         sets = {os.path.basename(_INPUT.value): (_INPUT.value, fmt)}
     else:
+        if _CONFIG.value is not None:
+            scorer.config = _CONFIG.value
         sets = pair_sets_from_config(scorer)
     results = evaluate_pair_sets(scorer, sets, _BOOTSTRAP.value, _PLOT.value)
     print(f"model: {scorer.source}")

@@ -104,3 +104,19 @@ def test_eval_cli(tmp_path, workdir):
     assert "| test | 64 |" in out.stdout
     assert json.loads((tmp_path / "m.json").read_text())["test"]["num_pairs"] == 64
     assert (tmp_path / "margins.png").stat().st_size > 1000
+
+
+def test_out_of_distribution_sets_from_the_config(tmp_path, scorer):
+    import copy
+
+    import ml_collections
+
+    pairs = generate_pairs(12, seed=9)
+    path = write_jsonl(tmp_path / "ood.jsonl", [
+        {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
+    scorer = copy.copy(scorer)
+    scorer.config = copy.deepcopy(scorer.config)
+    scorer.config.eval.datasets = ml_collections.ConfigDict(
+        {"ood": {"source": "generic", "files": path}})
+    sets = pair_sets_from_config(scorer)
+    assert set(sets) == {"test", "ood"} and len(sets["ood"]) == 12

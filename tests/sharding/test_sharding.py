@@ -36,6 +36,8 @@ def test_parameter_shardings_follow_the_rules():
     assert mesh["lm_head/kernel"] == ["fsdp", "tensor"]
     assert mesh["reward_head/kernel"] == ["fsdp", None]
     # 2 KV heads cannot be split 4 ways: that dimension is replicated, the others still shard
+    assert out["custom_rules_1x8x1"] == ["tensor", None]  # config rules: embed not on fsdp
+    assert out["moment_specs_match"]  # Adam's moments sharded like their params
     narrow = out["1x2x4"]
     assert narrow["backbone/layers/self_attn/k_proj/kernel"] == [None, "fsdp", None, None]
     assert narrow["backbone/layers/self_attn/q_proj/kernel"] == [None, "fsdp", "tensor", None]
