@@ -3,6 +3,13 @@
   python bench/train_step.py --smoke                          # tiny, any machine (CI runs this)
   python bench/train_step.py --shape=qwen2.5-0.5b --methods=haf,baseline --seqs=1024
   python bench/train_step.py --shape=qwen2.5-0.5b --seqs=512,1024,2048,4096 --compare-torch
+  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024:eager,\
+qwen2.5-1.5b:baseline:1024 --budget-s=300 --json=out.jsonl     # cases run in the order given
+
+Each case runs in a fresh subprocess, so peak device memory is the case's own and the JAX and
+PyTorch allocators never share a GPU; a case that fails (out of memory, say) is reported as an
+error row and the rest go on. --budget-s stops starting new cases once that many seconds have
+passed (a time-boxed GPU lease), and says which were skipped.
 
 The step is the library's own (`hafrm_jax.train.step.train_step`: one forward over chosen and
 rejected, chunked LM-head log-probs, AdamW with float32 master weights), on random weights of a
@@ -21,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -49,15 +57,19 @@ def step_flops(cfg: ModelConfig, pairs: int, seq: int, with_lm_head: bool) -> fl
 
 
 def matmul_peak_tflops(size: int, dtype=jnp.bfloat16, repeats: int = 10) -> float:
-    """Measured dense matmul throughput of the first device, in TFLOP/s."""
-    a = jnp.ones((size, size), dtype)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    start = time.perf_counter()
+    """Measured dense matmul throughput of the first device, in TFLOP/s, on random data (zeros
+    and ones run faster than real operands on some GPUs)."""
+    ka, kb = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(ka, (size, size), dtype)
+    b = jax.random.normal(kb, (size, size), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    times = []
     for _ in range(repeats):
-        out = f(a)
-    out.block_until_ready()
-    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e12
+        start = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / float(np.median(times)) / 1e12
 
 
 def peak_memory_gb() -> float | None:
@@ -108,10 +120,97 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
 
 
 def run_torch(shape: str, method: str, pairs: int, seq: int, steps: int, compile_: bool) -> dict:
-    """The PyTorch + transformers reference step of the issue, in this same process."""
+    """The PyTorch + transformers reference step of the issue."""
     from bench.torch_reference import run as torch_run
 
     return torch_run(shape, "rm" if method == "baseline" else "haf", pairs, seq, steps, compile_)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    stack: str  # hafrm-jax | torch
+    shape: str
+    method: str  # haf | baseline
+    seq: int
+    compile: bool = False  # torch only: torch.compile
+
+    @classmethod
+    def parse(cls, text: str) -> "Case":
+        """shape:method:seq for our step; shape:method:seq:eager|compile for PyTorch's."""
+        fields = text.split(":")
+        if len(fields) not in (3, 4) or fields[1] not in ("haf", "baseline") \
+                or (len(fields) == 4 and fields[3] not in ("eager", "compile")):
+            raise SystemExit(f"bad case {text!r}: expected shape:method:seq (ours) or "
+                             "shape:method:seq:eager|compile (PyTorch)")
+        stack = "torch" if len(fields) == 4 else "hafrm-jax"
+        return cls(stack, fields[0], fields[1], int(fields[2]),
+                   len(fields) == 4 and fields[3] == "compile")
+
+    def spec(self) -> str:
+        suffix = (":compile" if self.compile else ":eager") if self.stack == "torch" else ""
+        return f"{self.shape}:{self.method}:{self.seq}{suffix}"
+
+    def label(self) -> str:
+        return self.stack + (" compile" if self.compile else " eager" if self.stack == "torch"
+                             else "")
+
+
+def _run_one(args, case: Case, peak: float) -> dict:
+    """Body of a case's subprocess."""
+    if case.stack == "torch":
+        return run_torch(case.shape, case.method, args.pairs, case.seq, args.steps, case.compile)
+    cfg = dataclasses.replace(PRESETS[case.shape], dtype=args.dtype, remat=args.remat,
+                              attention_impl=args.attention, logprob_chunk=args.chunk)
+    row = run_case(cfg, case.method, args.pairs, case.seq, args.steps, peak)
+    row.update(attention=args.attention, remat=args.remat, chunk=args.chunk)
+    return row
+
+
+def _spawn(argv: list[str], timeout: float) -> tuple[dict | None, str]:
+    """Run this script with argv in a subprocess; (its JSON result or None, its output tail)."""
+    env = dict(os.environ)
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # the case owns the device
+    try:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env,
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s"
+    for line in reversed(out.stdout.splitlines()):
+        if line.startswith(_RESULT):
+            return json.loads(line[len(_RESULT):]), ""
+    last_lines = (out.stderr or out.stdout).strip().splitlines()
+    return None, last_lines[-1][:300] if last_lines else f"exit status {out.returncode}"
+
+
+_RESULT = "RESULT "
+
+
+def _print_table(rows: list[dict], header: str) -> None:
+    print(header)
+    print("| shape | stack | method | seq | tokens/s | TFLOP/s | MFU | peak GiB | compile s "
+          "| step s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['shape']} | {r['label']} | {r['method']} | {r['seq']} | "
+                  f"error: {r['error']} |")
+            continue
+        mem = "-" if r.get("peak_mem_gb") is None else f"{r['peak_mem_gb']:.1f}"
+        mfu = r.get("mfu", "-")
+        print(f"| {r['shape']} | {r['label']} | {r['method']} | {r['seq']} | "
+              f"{r['tokens_per_s']} | {r['tflops']} | {mfu} | {mem} | "
+              f"{r.get('compile_s', r.get('warmup_s', '-'))} | {r['step_s']} |")
+    ok = [r for r in rows if "error" not in r]
+    ours = {(r["shape"], r["method"], r["seq"]): r for r in ok if r["stack"] == "hafrm-jax"}
+    for (shape, method, seq), r in ours.items():
+        if method == "haf" and (shape, "baseline", seq) in ours:
+            ratio = r["step_s"] / ours[(shape, "baseline", seq)]["step_s"]
+            print(f"{shape} seq {seq}: HaF / plain-RM step time {ratio:.3f}")
+        for t in ok:
+            if t["stack"] == "torch" and (t["shape"], t["method"], t["seq"]) == (shape, method,
+                                                                                  seq):
+                print(f"{shape} {method} seq {seq}: {r['tokens_per_s'] / t['tokens_per_s']:.2f}x "
+                      f"{'torch.compile' if t['compile'] else 'PyTorch eager'} tokens/s")
 
 
 def main():
@@ -120,6 +219,10 @@ def main():
     parser.add_argument("--methods", default="haf,baseline")
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--seqs", default="1024")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated, run in this order instead of the grid of --shape "
+                             "x --methods x --seqs: shape:method:seq for our step, "
+                             "shape:method:seq:eager|compile for the PyTorch reference step")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--remat", default="dots", choices=["none", "full", "dots"])
@@ -128,61 +231,78 @@ def main():
     parser.add_argument("--chunk", type=int, default=128, help="log-prob chunk (positions)")
     parser.add_argument("--peak-size", type=int, default=8192, help="matmul size for the peak")
     parser.add_argument("--compare-torch", action="store_true",
-                        help="also run the PyTorch reference step (eager and compiled)")
+                        help="also run the PyTorch reference step (eager and compiled) on every "
+                             "case of the grid")
     parser.add_argument("--smoke", action="store_true", help="tiny shape and lengths, for CI")
+    parser.add_argument("--budget-s", type=float, default=0,
+                        help="start no case after this many seconds (0: no limit)")
+    parser.add_argument("--case-timeout-s", type=float, default=900)
     parser.add_argument("--json", default=None, help="append one JSON line per case here")
+    parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)  # internal: one case
+    parser.add_argument("--_peak", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_measure_peak", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    on_gpu = jax.default_backend() == "gpu"
-    attention = args.attention or ("cudnn" if on_gpu else "xla")
     if args.smoke:
         args.shape, args.pairs, args.seqs, args.steps, args.peak_size = "tiny", 2, "64", 2, 512
-        args.dtype = "float32" if not on_gpu else args.dtype
-    cfg = dataclasses.replace(PRESETS[args.shape], dtype=args.dtype, remat=args.remat,
-                              attention_impl=attention, logprob_chunk=args.chunk)
-    peak = matmul_peak_tflops(args.peak_size)
-    print(f"# {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}; "
-          f"measured bf16 matmul peak {peak:.1f} TFLOP/s ({args.peak_size}^3)", flush=True)
+    if args._measure_peak or args._one:
+        # Only the subprocesses touch the device: the parent holds no GPU memory of its own.
+        on_gpu = jax.default_backend() == "gpu"
+        args.attention = args.attention or ("cudnn" if on_gpu else "xla")
+        if args.smoke and not on_gpu:
+            args.dtype = "float32"
+    if args._measure_peak:  # inside the first subprocess
+        print(_RESULT + json.dumps({"peak_tflops": matmul_peak_tflops(args.peak_size),
+                                    "device": jax.devices()[0].device_kind,
+                                    "jax": jax.__version__, "attention": args.attention,
+                                    "dtype": args.dtype}), flush=True)
+        return
+    if args._one:  # inside a case's subprocess
+        print(_RESULT + json.dumps(_run_one(args, Case.parse(args._one), args._peak)),
+              flush=True)
+        return
+
+    started = time.perf_counter()
+    if args.cases:
+        cases = [Case.parse(c) for c in args.cases.split(",")]
+    else:
+        cases = [Case("hafrm-jax", args.shape, m, int(seq)) for seq in args.seqs.split(",")
+                 for m in args.methods.split(",")]
+    if args.compare_torch:
+        cases += [Case("torch", c.shape, c.method, c.seq, compile_) for c in list(cases)
+                  for compile_ in (False, True)]
+    passthrough = [f"--pairs={args.pairs}", f"--steps={args.steps}", f"--dtype={args.dtype}",
+                   f"--remat={args.remat}", f"--chunk={args.chunk}",
+                   f"--peak-size={args.peak_size}"] + (["--smoke"] if args.smoke else []) \
+        + ([f"--attention={args.attention}"] if args.attention else [])
+    info, error = _spawn(passthrough + ["--_measure_peak"], args.case_timeout_s)
+    if info is None:
+        raise SystemExit(f"measuring the matmul peak failed: {error}")
+    header = (f"# {info['device']}, jax {info['jax']}; measured bf16 matmul peak "
+              f"{info['peak_tflops']:.1f} TFLOP/s ({args.peak_size}^3, median of 10); "
+              f"{args.pairs} pairs/step, {info['dtype']}, remat {args.remat}, "
+              f"attention {info['attention']}, log-prob chunk {args.chunk}")
+    print(header, flush=True)
     rows = []
-    for seq in [int(s) for s in args.seqs.split(",")]:
-        for method in args.methods.split(","):
-            row = run_case(cfg, method, args.pairs, seq, args.steps, peak)
-            row.update(shape=args.shape, attention=attention, remat=args.remat)
-            rows.append(row)
-            if args.compare_torch:
-                for compile_ in (False, True):
-                    try:
-                        torch_row = run_torch(args.shape, method, args.pairs, seq, args.steps,
-                                              compile_)
-                    except Exception as e:  # e.g. out of memory: report and go on
-                        torch_row = dict(stack="torch", method=method, seq=seq,
-                                         compile=compile_, error=repr(e)[:200])
-                    rows.append(torch_row)
-    print("| stack | method | seq | tokens/s | TFLOP/s | MFU | peak GB | compile s | step s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['stack']} | {r['method']} | {r['seq']} | error: {r['error']} |")
+    for case in cases:
+        base = dict(stack=case.stack, label=case.label(), shape=case.shape, method=case.method,
+                    seq=case.seq, compile=case.compile)
+        if args.budget_s and time.perf_counter() - started > args.budget_s:
+            print(f"skipped (budget of {args.budget_s:.0f} s spent): {case.spec()}", flush=True)
             continue
-        stack = r["stack"] + (" compile" if r.get("compile") else "")
-        mem = "-" if r.get("peak_mem_gb") is None else f"{r['peak_mem_gb']:.1f}"
-        print(f"| {stack} | {r['method']} | {r['seq']} | {r['tokens_per_s']} | {r['tflops']} | "
-              f"{r.get('mfu', '-')} | {mem} | {r.get('compile_s', r.get('warmup_s', '-'))} | "
-              f"{r['step_s']} |")
-    ours = {(r["method"], r["seq"]): r for r in rows if r["stack"] == "hafrm-jax"}
-    for (method, seq), r in ours.items():
-        if method == "haf" and ("baseline", seq) in ours:
-            print(f"HaF / plain-RM step time at seq {seq}: "
-                  f"{r['step_s'] / ours[('baseline', seq)]['step_s']:.3f}")
-        for t in rows:
-            if t["stack"] == "torch" and "error" not in t and t["method"] == method and \
-                    t["seq"] == seq:
-                kind = "torch.compile" if t["compile"] else "PyTorch eager"
-                print(f"{method} seq {seq}: {r['tokens_per_s'] / t['tokens_per_s']:.2f}x {kind}")
-    if args.json:
-        with open(args.json, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        row, error = _spawn(passthrough + [f"--_one={case.spec()}",
+                                           f"--_peak={info['peak_tflops']}"],
+                            args.case_timeout_s)
+        row = {**row, **base} if row else {**base, "error": error}
+        row.update(pairs=args.pairs, device=info["device"], peak_tflops=info["peak_tflops"])
+        if "tflops" in row and "mfu" not in row:  # PyTorch rows: the same measured peak
+            row["mfu"] = round(row["tflops"] / info["peak_tflops"], 4)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    _print_table(rows, header)
 
 
 if __name__ == "__main__":

@@ -25,3 +25,12 @@ def get_config(subsets: str = SUBSETS) -> ml_collections.ConfigDict:
     # differ before the last turn: skip them, counted and logged, rather than stop.
     config.data.on_error = "skip"
     return config
+
+
+def single_subset(subset: str, other: str) -> ml_collections.ConfigDict:
+    """One HH subset to train on; eval.py also scores the other's test split (OOD)."""
+    config = get_config(subset)
+    config.eval.datasets = ml_collections.ConfigDict({f"{other} (OOD)": {
+        "source": "hh_rlhf", "hub_path": "Anthropic/hh-rlhf", "hub_data_dir": other,
+        "split": "test"}})
+    return config

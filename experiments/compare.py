@@ -3,6 +3,7 @@
   python experiments/compare.py --out=experiments/default                # the embedded default
   python experiments/compare.py --config=configs/hh_harmless.py --seeds=0,1,2 --noise=0 \
       --out=experiments/hh_harmless
+  python experiments/compare.py ... --report_only        # report what finished, train nothing
 
 Every run trains with `train_and_evaluate` in its own workdir under OUT/runs/, so an
 interrupted sweep resumes where it stopped (finished runs are read back, not redone). Writes
@@ -32,6 +33,8 @@ _METHODS = flags.DEFINE_list("methods", ["baseline", "dpo", "haf"], "Methods at 
 _ALPHAS = flags.DEFINE_list("alphas", ["0.05", "1.0"], "Extra HaF runs at these alphas.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "train.seed values.")
 _NOISE = flags.DEFINE_list("noise", ["0", "0.2", "0.4"], "data.label_noise rates.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Train nothing: report the finished "
+                                  "runs under OUT/runs and list the missing ones.")
 _BASELINES = flags.DEFINE_bool("baselines", True, "Add chance and, for a pretrained model, the "
                                "training-free mean log-prob row.")
 
@@ -42,7 +45,10 @@ def main(argv):
     variants = [Variant(m) for m in _METHODS.value]
     variants += [Variant("haf", float(a)) for a in _ALPHAS.value]
     runs = run_grid(_CONFIG.value, variants, [int(s) for s in _SEEDS.value],
-                    [float(n) for n in _NOISE.value], _OUT.value)
+                    [float(n) for n in _NOISE.value], _OUT.value,
+                    train_missing=not _REPORT_ONLY.value)
+    if not runs:
+        raise SystemExit(f"no finished runs under {_OUT.value}/runs")
     table = summarise(runs)
     baselines = training_free_baselines(_CONFIG.value) if _BASELINES.value else None
     write_report(runs, table, _OUT.value, baselines)

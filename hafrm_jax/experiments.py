@@ -42,8 +42,12 @@ def _curve(workdir: str) -> list[tuple[int, float]]:
 
 
 def run_grid(config: ml_collections.ConfigDict, variants: list[Variant], seeds: list[int],
-             noise_rates: list[float], out: str) -> list[dict]:
-    """Train every (variant, noise, seed); finished runs (results.json present) are reused."""
+             noise_rates: list[float], out: str, train_missing: bool = True) -> list[dict]:
+    """Train every (variant, noise, seed); finished runs (results.json present) are reused.
+
+    With train_missing=False nothing is trained: the runs that have not finished are left out
+    of the returned list and logged (a report on what a time-boxed sweep completed).
+    """
     runs = []
     for noise in noise_rates:
         for variant in variants:
@@ -51,7 +55,11 @@ def run_grid(config: ml_collections.ConfigDict, variants: list[Variant], seeds: 
                 workdir = _run_dir(out, variant, seed, noise)
                 results_path = os.path.join(workdir, "results.json")
                 started = time.time()
-                if not os.path.exists(results_path):
+                trained_now = not os.path.exists(results_path)
+                if trained_now and not train_missing:
+                    log.warning("left out, not finished: %s", workdir)
+                    continue
+                if trained_now:
                     run_config = copy.deepcopy(config)
                     run_config.train.method = variant.method
                     if variant.alpha is not None:
@@ -71,7 +79,10 @@ def run_grid(config: ml_collections.ConfigDict, variants: list[Variant], seeds: 
                         "implicit_ece" if variant.method == "dpo" else "reward_ece"),
                     "validation_accuracy": result["validation"]["accuracy"],
                     "best_step": result["best_step"], "curve": _curve(workdir),
-                    "seconds": round(time.time() - started, 1),
+                    # Wall time: measured here, or as the run recorded it (None: unknown).
+                    "seconds": round(time.time() - started, 1) if trained_now
+                    else result.get("wall_seconds"),
+                    "device": result.get("device"),
                 })
                 log.info("%s noise=%g seed=%d: test accuracy %.4f", runs[-1]["variant"], noise,
                          seed, runs[-1]["test_accuracy"])
@@ -109,6 +120,11 @@ def summarise(runs: list[dict]) -> dict[str, dict[float, tuple[float, float, int
                       for noise, v in by_noise.items()} for variant, by_noise in table.items()}
 
 
+def _mean(values, fmt: str) -> str:
+    values = [v for v in values if v is not None]
+    return fmt.format(np.mean(values)) if values else "-"
+
+
 def _mean_std(values) -> str:
     values = [v for v in values if v is not None]
     return f"{np.mean(values):.4f} +- {np.std(values):.4f}" if values else "-"
@@ -133,7 +149,8 @@ def write_report(runs: list[dict], table: dict, out: str,
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     for name, value in (baselines or {}).items():
         lines.append(f"| {name} | " + " | ".join(f"{value:.4f}" for _ in noise_rates) + " |")
-    device = f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+    devices = {r.get("device") for r in runs} - {None}
+    device = ", ".join(sorted(devices)) or f"{jax.devices()[0].device_kind} x{jax.device_count()}"
     for noise in noise_rates:
         lines += ["", f"Label noise {noise:g}, on {device}:", "",
                   "| method | test accuracy | implicit accuracy | ECE | best step | seconds/run |",
@@ -145,9 +162,10 @@ def write_report(runs: list[dict], table: dict, out: str,
                              f"{_mean_std([r['test_implicit_accuracy'] for r in rs])} | "
                              f"{_mean_std([r['test_ece'] for r in rs])} | "
                              f"{_mean_std([r['best_step'] for r in rs])} | "
-                             f"{np.mean([r['seconds'] for r in rs]):.0f} |")
-    seconds = sum(r["seconds"] for r in runs)
-    lines += ["", f"{len(runs)} runs, {seconds / 60:.1f} minutes of training in this invocation."]
+                             f"{_mean([r['seconds'] for r in rs], '{:.0f}')} |")
+    timed = [r["seconds"] for r in runs if r["seconds"] is not None]
+    lines += ["", f"{len(runs)} runs; {len(timed)} with a recorded wall time, "
+              f"{sum(timed) / 60:.1f} minutes in all."]
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     _plot(runs, table, noise_rates, out)

@@ -25,6 +25,6 @@ def test_smoke_mode_prints_the_table():
     out = subprocess.run([sys.executable, "bench/train_step.py", "--smoke"], cwd=root,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "| hafrm-jax | haf | 64 |" in out.stdout
-    assert "| hafrm-jax | baseline | 64 |" in out.stdout
-    assert "HaF / plain-RM step time at seq 64" in out.stdout
+    assert "| tiny | hafrm-jax | haf | 64 |" in out.stdout
+    assert "| tiny | hafrm-jax | baseline | 64 |" in out.stdout
+    assert "tiny seq 64: HaF / plain-RM step time" in out.stdout

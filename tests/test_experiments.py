@@ -20,9 +20,24 @@ def test_grid_report_and_resume(tmp_path):
     assert "| HaF (alpha=1) |" in report and "noise 0.25" in report
     for plot in ("accuracy_vs_noise.png", "accuracy_vs_step.png"):
         assert os.path.getsize(tmp_path / plot) > 1000
+    mtimes = {r["workdir"]: os.path.getmtime(os.path.join(r["workdir"], "results.json"))
+              for r in runs}
     again = run_grid(config, variants, seeds=[0], noise_rates=[0.0, 0.25], out=str(tmp_path))
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in runs]
-    assert all(r["seconds"] < 5 for r in again)  # read back, not retrained
+    for r in again:  # read back, not retrained; the wall time is the run's own record
+        assert os.path.getmtime(os.path.join(r["workdir"], "results.json")) == mtimes[r["workdir"]]
+        assert r["seconds"] > 0 and r["device"] == "cpu x1"
+
+
+def test_report_only_leaves_out_unfinished_runs(tmp_path):
+    config = small_config(steps=4, eval_every=2)
+    done = run_grid(config, [Variant("baseline")], seeds=[0], noise_rates=[0.0],
+                    out=str(tmp_path))
+    both = run_grid(config, [Variant("baseline"), Variant("dpo")], seeds=[0, 1],
+                    noise_rates=[0.0], out=str(tmp_path), train_missing=False)
+    assert [(r["method"], r["seed"]) for r in both] == [("baseline", 0)]
+    assert both[0]["test_accuracy"] == done[0]["test_accuracy"]
+    assert not os.path.exists(tmp_path / "runs" / "dpo-noise0-seed0")
 
 
 def test_random_init_has_only_the_chance_row():

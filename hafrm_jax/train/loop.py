@@ -128,6 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     `stop_condition(step)` lets a caller end the run early after a step (it is checkpointed
     first), as a preemption signal does.
     """
+    started = time.perf_counter()
     configuration.validate(config)
     os.makedirs(workdir, exist_ok=True)
     t = config.train
@@ -293,6 +294,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         "validation": result.validation, "test": result.test,
         "skipped_updates": int(jax.device_get(state.skipped)),
         "label_noise": config.data.label_noise, "flipped_train_pairs": int(len(data.flipped)),
+        # This invocation's wall time (a resumed run counts only its last part).
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
     })
     return result
 

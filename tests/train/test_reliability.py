@@ -40,6 +40,14 @@ def final_params(workdir):
     return run.step, jax.tree_util.tree_leaves(jax.device_get(run.params))
 
 
+def assert_finished_like(workdir, uninterrupted):
+    """The interrupted-then-resumed run ended where, and as, the uninterrupted one did."""
+    step, params = final_params(workdir)
+    assert step == 300
+    for a, b in zip(params, uninterrupted[1]):
+        np.testing.assert_array_equal(a, b)
+
+
 def wait_for_training(workdir, proc, rows=2):
     """Until metrics.jsonl has `rows` training rows (the loop is running)."""
     path = os.path.join(workdir, "metrics.jsonl")
@@ -74,10 +82,7 @@ def test_sigterm_checkpoints_exits_and_resumes(tmp_path, uninterrupted):
     assert load_run(str(workdir), "latest").step == stopped_at  # checkpointed where it stopped
     resumed = train_cli(workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    step, params = final_params(workdir)
-    assert step == 300
-    for a, b in zip(params, uninterrupted[1]):
-        np.testing.assert_array_equal(a, b)
+    assert_finished_like(workdir, uninterrupted)
 
 
 @pytest.mark.slow
@@ -89,10 +94,7 @@ def test_sigkill_at_a_random_point_then_resume(tmp_path, uninterrupted):
     proc.communicate()
     resumed = train_cli(workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    step, params = final_params(workdir)
-    assert step == 300
-    for a, b in zip(params, uninterrupted[1]):
-        np.testing.assert_array_equal(a, b)
+    assert_finished_like(workdir, uninterrupted)
     leftovers = [n for n in os.listdir(workdir / "checkpoints") if not n.isdigit()]
     assert all("tmp" not in n for n in leftovers), leftovers
 
