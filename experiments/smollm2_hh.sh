@@ -12,8 +12,9 @@
 #       --config.train.batch_size=2 --config.data.max_length=128 --config.train.eval_every=1
 #
 # The runs go one after another, sharing a persistent compilation cache: each method compiles
-# once, later seeds start at once. (Three methods side by side on one H100 were slower: HaF
-# took 221 s a run among three processes, 26 s alone with a warm cache; experiments/RESULTS.md.)
+# once, later seeds start at once. (Three methods side by side on one H100 did not pay: HaF
+# took 221 s a run among three processes with a cold cache, 26 s beside one other run with a
+# warm cache; experiments/RESULTS.md.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-experiments/smollm2_hh}
