@@ -1,5 +1,7 @@
 """Chunked response log-probs against the naive full-vocabulary computation."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,6 +73,35 @@ def test_gradients_match_naive():
     chunked = lambda h, w: jnp.sum(sequence_logprobs(h, w, ids, response, 3))
     for a, b in zip(jax.grad(chunked, (0, 1))(hidden, weight), jax.grad(naive, (0, 1))(hidden, weight)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_backward_runs_bf16_matmuls_and_stays_close():
+    """In bf16 compute, every matmul of the log-prob gradient takes bf16 operands (none mixes
+    in the float32 cotangent of the [.., vocab] logits), and the gradients stay within bf16
+    rounding of the float32 ones."""
+    rng = np.random.default_rng(3)
+    hidden = rng.normal(size=(2, 12, 16)).astype(np.float32)
+    weight = (rng.normal(size=(16, 40)) / 4).astype(np.float32)  # float32 master weight
+    ids = jnp.asarray(rng.integers(0, 40, size=(2, 12)).astype(np.int32))
+    response = jnp.asarray((np.arange(12) >= 5)[None].repeat(2, 0).astype(np.int32))
+
+    def total(h, w):
+        return jnp.sum(sequence_logprobs(h, w, ids, response, 4))
+
+    grad = jax.grad(total, (0, 1))
+    hlo = jax.jit(grad).lower(jnp.asarray(hidden, jnp.bfloat16), jnp.asarray(weight)).as_text()
+    dots = [line for line in hlo.splitlines() if "dot_general" in line]
+    assert len(dots) >= 3  # (recomputed) forward, d_hidden, d_weight
+    for line in dots:  # operand types: "(tensor<...xbf16>, tensor<...xbf16>) -> tensor<...>"
+        operands = re.search(r":\s*\((tensor<[^>]*>), (tensor<[^>]*>)\)", line)
+        assert operands and all(t.endswith("bf16>") for t in operands.groups()), line
+
+    low = grad(jnp.asarray(hidden, jnp.bfloat16), jnp.asarray(weight))
+    high = grad(jnp.asarray(hidden), jnp.asarray(weight))
+    assert low[1].dtype == jnp.float32  # the master weight's gradient stays float32
+    for a, b in zip(low, high):
+        a, b = np.asarray(a, np.float32), np.asarray(b)
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
 
 
 def test_last_token_index_either_padding_side():
