@@ -42,3 +42,16 @@ def tiny_checkpoint(directory: str, tokenizer, family_preset: str = "tiny", seed
     config = preset(family_preset, vocab_size=len(tokenizer))
     params, _ = init_params(config, seed, make_mesh(), DEFAULT_RULES)
     return export_checkpoint(params, config, tokenizer, directory, head="policy")
+
+
+def dot_operand_types(fn, *args) -> list[tuple[str, str]]:
+    """(lhs, rhs) operand types of every dot_general in fn's lowered program, e.g.
+    ("tensor<8x16xbf16>", "tensor<16x40xbf16>"): what precision the matmuls really run in."""
+    import re
+
+    import jax
+
+    hlo = jax.jit(fn).lower(*args).as_text()
+    pattern = re.compile(r"stablehlo\.dot_general.*:\s*\((tensor<[^>]*>), (tensor<[^>]*>)\)")
+    return [m.groups() for m in map(pattern.search, hlo.splitlines()) if m]
+

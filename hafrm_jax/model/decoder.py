@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from hafrm_jax.model.config import ModelConfig, RopeScaling
 from hafrm_jax.model.lora import COLLECTION, adapted
+from hafrm_jax.model.matmul import einsum_f32
 
 _INIT_STD = 0.02  # Hugging Face's default `initializer_range`
 _QUERY_AXES = ("act_batch", "act_length", "act_heads", "act_head_dim")
@@ -114,7 +115,7 @@ def dot_product_attention(q, k, v, mask, scale: float, softcap: float | None) ->
     b, t, heads, d = q.shape
     kv = k.shape[2]
     q = q.reshape(b, t, kv, heads // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    scores = einsum_f32("btkgd,bskd->bkgts", q, k) * scale  # float32, bf16 backward
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, None, None], scores, _MASKED)

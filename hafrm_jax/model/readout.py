@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from hafrm_jax.model.matmul import einsum_f32
+
 
 def last_token_index(attention_mask: jax.Array) -> jax.Array:
     """Index [batch] of the last position whose mask is 1, for left or right padding."""
@@ -36,43 +38,15 @@ def next_token_targets(input_ids: jax.Array, response_mask: jax.Array):
     return targets, weights
 
 
-@jax.custom_vjp
-def head_matmul(hidden: jax.Array, weight: jax.Array) -> jax.Array:
-    """float32 [..., vocab] = hidden [..., d] @ weight [d, vocab], in hidden's dtype.
-
-    The float32 output keeps the log-softmax exact in the forward pass. Plain autodiff would then
-    hand the backward matmuls a float32 cotangent of [..., vocab], so that both (d_hidden and
-    d_weight) ran as float32 x bf16 matmuls over the largest tensor of the step. Here the
-    cotangent is cast to the compute dtype first, as mixed precision does everywhere else in the
-    step (PyTorch autocast does the same): bf16 matmuls with float32 accumulation. With float32
-    compute (CPU tests) nothing changes.
-    """
-    return jnp.einsum("...d,dv->...v", hidden, weight.astype(hidden.dtype),
-                      preferred_element_type=jnp.float32)
-
-
-def _head_matmul_fwd(hidden, weight):
-    return head_matmul(hidden, weight), (hidden, weight)
-
-
-def _head_matmul_bwd(residuals, cotangent):
-    hidden, weight = residuals
-    cotangent = cotangent.astype(hidden.dtype)  # [..., vocab]
-    d_hidden = jnp.einsum("...v,dv->...d", cotangent, weight.astype(hidden.dtype),
-                          preferred_element_type=jnp.float32)
-    rows = hidden.reshape(-1, hidden.shape[-1])  # [positions, d]
-    d_weight = jnp.einsum("nd,nv->dv", rows, cotangent.reshape(-1, cotangent.shape[-1]),
-                          preferred_element_type=jnp.float32)
-    return d_hidden.astype(hidden.dtype), d_weight.astype(weight.dtype)
-
-
-head_matmul.defvjp(_head_matmul_fwd, _head_matmul_bwd)
-
-
 def lm_logits(hidden: jax.Array, lm_weight: jax.Array, lm_bias: jax.Array | None = None,
               softcap: float | None = None) -> jax.Array:
-    """float32 logits [..., vocab] = hidden @ weight (+ bias), optionally soft-capped (Gemma-2)."""
-    logits = head_matmul(hidden, lm_weight)
+    """float32 logits [..., vocab] = hidden @ weight (+ bias), optionally soft-capped (Gemma-2).
+
+    Computed in hidden's dtype; the backward matmuls too (`einsum_f32`), with float32
+    accumulation, and lm_weight (a float32 master weight, say) gets a gradient of its own dtype.
+    """
+    rows = hidden.reshape(-1, hidden.shape[-1])  # [positions, hidden]
+    logits = einsum_f32("nd,dv->nv", rows, lm_weight).reshape(*hidden.shape[:-1], -1)
     if lm_bias is not None:
         logits = logits + lm_bias.astype(jnp.float32)
     if softcap is not None:
