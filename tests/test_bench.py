@@ -28,3 +28,16 @@ def test_smoke_mode_prints_the_table():
     assert "| tiny | hafrm-jax | haf | 64 |" in out.stdout
     assert "| tiny | hafrm-jax | baseline | 64 |" in out.stdout
     assert "tiny seq 64: HaF / plain-RM step time" in out.stdout
+
+
+def test_case_specs_round_trip_and_bad_ones_are_refused():
+    from bench.train_step import Case
+
+    ours, theirs = Case.parse("qwen2.5-0.5b:haf:1024"), Case.parse("qwen2.5-1.5b:baseline:512:compile")
+    assert (ours.stack, ours.seq, ours.compile) == ("hafrm-jax", 1024, False)
+    assert (theirs.stack, theirs.method, theirs.compile) == ("torch", "baseline", True)
+    assert [Case.parse(c.spec()) for c in (ours, theirs)] == [ours, theirs]
+    assert theirs.label() == "torch compile"
+    for bad in ("qwen2.5-0.5b:dpo:1024", "qwen2.5-0.5b:haf", "qwen2.5-0.5b:haf:1024:jit"):
+        with pytest.raises(SystemExit, match="bad case"):
+            Case.parse(bad)
