@@ -33,7 +33,8 @@ def test_smoke_mode_prints_the_table():
 def test_case_specs_round_trip_and_bad_ones_are_refused():
     from bench.train_step import Case
 
-    ours, theirs = Case.parse("qwen2.5-0.5b:haf:1024"), Case.parse("qwen2.5-1.5b:baseline:512:compile")
+    ours = Case.parse("qwen2.5-0.5b:haf:1024")
+    theirs = Case.parse("qwen2.5-1.5b:baseline:512:compile")
     assert (ours.stack, ours.seq, ours.compile) == ("hafrm-jax", 1024, False)
     assert (theirs.stack, theirs.method, theirs.compile) == ("torch", "baseline", True)
     assert [Case.parse(c.spec()) for c in (ours, theirs)] == [ours, theirs]
