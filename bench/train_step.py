@@ -166,6 +166,9 @@ def _run_one(args, case: Case, peak: float) -> dict:
     return row
 
 
+_RESULT = "RESULT "  # prefix of the one line a case subprocess prints for its parent
+
+
 def _spawn(argv: list[str], timeout: float) -> tuple[dict | None, str]:
     """Run this script with argv in a subprocess; (its JSON result or None, its output tail)."""
     env = dict(os.environ)
@@ -181,8 +184,6 @@ def _spawn(argv: list[str], timeout: float) -> tuple[dict | None, str]:
     last_lines = (out.stderr or out.stdout).strip().splitlines()
     return None, last_lines[-1][:300] if last_lines else f"exit status {out.returncode}"
 
-
-_RESULT = "RESULT "
 
 
 def _print_table(rows: list[dict], header: str) -> None:
