@@ -5,6 +5,7 @@
   python bench/train_step.py --shape=qwen2.5-0.5b --seqs=512,1024,2048,4096 --compare-torch
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024:eager,\
 qwen2.5-1.5b:baseline:1024 --budget-s=300 --json=out.jsonl     # cases run in the order given
+  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024+chunk=512+remat=none
 
 Each case runs in a fresh subprocess, so peak device memory is the case's own and the JAX and
 PyTorch allocators never share a GPU; a case that fails (out of memory, say) is reported as an
@@ -126,6 +127,11 @@ def run_torch(shape: str, method: str, pairs: int, seq: int, steps: int, compile
     return torch_run(shape, "rm" if method == "baseline" else "haf", pairs, seq, steps, compile_)
 
 
+# Per-case execution options of our step: `+remat=none+chunk=512` after a case overrides the
+# command line's --remat / --chunk / --attention for that case alone.
+CASE_OPTIONS = {"remat": ("none", "full", "dots"), "chunk": None, "attention": ("xla", "cudnn")}
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     stack: str  # hafrm-jax | torch
@@ -133,36 +139,54 @@ class Case:
     method: str  # haf | baseline
     seq: int
     compile: bool = False  # torch only: torch.compile
+    options: tuple[tuple[str, str], ...] = ()  # ours only: (name, value) from CASE_OPTIONS
 
     @classmethod
     def parse(cls, text: str) -> "Case":
-        """shape:method:seq for our step; shape:method:seq:eager|compile for PyTorch's."""
-        fields = text.split(":")
+        """shape:method:seq[+option=value...] for our step; shape:method:seq:eager|compile for
+        PyTorch's."""
+        spec, *option_texts = text.split("+")
+        fields = spec.split(":")
         if len(fields) not in (3, 4) or fields[1] not in ("haf", "baseline") \
-                or (len(fields) == 4 and fields[3] not in ("eager", "compile")):
-            raise SystemExit(f"bad case {text!r}: expected shape:method:seq (ours) or "
-                             "shape:method:seq:eager|compile (PyTorch)")
+                or (len(fields) == 4 and fields[3] not in ("eager", "compile")) \
+                or (len(fields) == 4 and option_texts):
+            raise SystemExit(f"bad case {text!r}: expected shape:method:seq[+option=value...] "
+                             "(ours) or shape:method:seq:eager|compile (PyTorch)")
+        options = []
+        for option in option_texts:
+            name, _, value = option.partition("=")
+            allowed = CASE_OPTIONS.get(name, ())
+            if not value or (allowed is not None and value not in allowed) \
+                    or (allowed is None and not value.isdigit()):
+                raise SystemExit(f"bad option {option!r} in case {text!r}: expected one of "
+                                 + ", ".join(f"{k}={'|'.join(v) if v else '<int>'}"
+                                             for k, v in CASE_OPTIONS.items()))
+            options.append((name, value))
         stack = "torch" if len(fields) == 4 else "hafrm-jax"
         return cls(stack, fields[0], fields[1], int(fields[2]),
-                   len(fields) == 4 and fields[3] == "compile")
+                   len(fields) == 4 and fields[3] == "compile", tuple(options))
 
     def spec(self) -> str:
         suffix = (":compile" if self.compile else ":eager") if self.stack == "torch" else ""
-        return f"{self.shape}:{self.method}:{self.seq}{suffix}"
+        return f"{self.shape}:{self.method}:{self.seq}{suffix}" + "".join(
+            f"+{name}={value}" for name, value in self.options)
 
     def label(self) -> str:
         return self.stack + (" compile" if self.compile else " eager" if self.stack == "torch"
-                             else "")
+                             else "") + "".join(f" {n}={v}" for n, v in self.options)
 
 
 def _run_one(args, case: Case, peak: float) -> dict:
     """Body of a case's subprocess."""
     if case.stack == "torch":
         return run_torch(case.shape, case.method, args.pairs, case.seq, args.steps, case.compile)
-    cfg = dataclasses.replace(PRESETS[case.shape], dtype=args.dtype, remat=args.remat,
-                              attention_impl=args.attention, logprob_chunk=args.chunk)
+    options = {"remat": args.remat, "chunk": str(args.chunk), "attention": args.attention,
+               **dict(case.options)}
+    cfg = dataclasses.replace(PRESETS[case.shape], dtype=args.dtype, remat=options["remat"],
+                              attention_impl=options["attention"],
+                              logprob_chunk=int(options["chunk"]))
     row = run_case(cfg, case.method, args.pairs, case.seq, args.steps, peak)
-    row.update(attention=args.attention, remat=args.remat, chunk=args.chunk)
+    row.update(attention=cfg.attention_impl, remat=cfg.remat, chunk=cfg.logprob_chunk)
     return row
 
 
@@ -202,16 +226,19 @@ def _print_table(rows: list[dict], header: str) -> None:
               f"{r['tokens_per_s']} | {r['tflops']} | {mfu} | {mem} | "
               f"{r.get('compile_s', r.get('warmup_s', '-'))} | {r['step_s']} |")
     ok = [r for r in rows if "error" not in r]
-    ours = {(r["shape"], r["method"], r["seq"]): r for r in ok if r["stack"] == "hafrm-jax"}
-    for (shape, method, seq), r in ours.items():
-        if method == "haf" and (shape, "baseline", seq) in ours:
-            ratio = r["step_s"] / ours[(shape, "baseline", seq)]["step_s"]
-            print(f"{shape} seq {seq}: HaF / plain-RM step time {ratio:.3f}")
+    for r in (r for r in ok if r["stack"] == "hafrm-jax"):
+        key = (r["shape"], r["seq"])
+        rm = [b for b in ok if b["stack"] == "hafrm-jax" and b["method"] == "baseline"
+              and (b["shape"], b["seq"]) == key]
+        if r["method"] == "haf" and rm:  # against our fastest plain-RM step of that shape
+            best = min(rm, key=lambda b: b["step_s"])
+            print(f"{r['shape']} seq {r['seq']} ({r['label']}): HaF / plain-RM step time "
+                  f"{r['step_s'] / best['step_s']:.3f} (RM: {best['label']})")
         for t in ok:
-            if t["stack"] == "torch" and (t["shape"], t["method"], t["seq"]) == (shape, method,
-                                                                                  seq):
-                print(f"{shape} {method} seq {seq}: {r['tokens_per_s'] / t['tokens_per_s']:.2f}x "
-                      f"{'torch.compile' if t['compile'] else 'PyTorch eager'} tokens/s")
+            if t["stack"] == "torch" and (t["shape"], t["method"], t["seq"]) == (
+                    r["shape"], r["method"], r["seq"]):
+                print(f"{r['shape']} {r['method']} seq {r['seq']} ({r['label']}): "
+                      f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}x {t['label']} tokens/s")
 
 
 def main():

@@ -27,7 +27,7 @@ def test_smoke_mode_prints_the_table():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| tiny | hafrm-jax | haf | 64 |" in out.stdout
     assert "| tiny | hafrm-jax | baseline | 64 |" in out.stdout
-    assert "tiny seq 64: HaF / plain-RM step time" in out.stdout
+    assert "tiny seq 64 (hafrm-jax): HaF / plain-RM step time" in out.stdout
 
 
 def test_case_specs_round_trip_and_bad_ones_are_refused():
@@ -39,6 +39,15 @@ def test_case_specs_round_trip_and_bad_ones_are_refused():
     assert (theirs.stack, theirs.method, theirs.compile) == ("torch", "baseline", True)
     assert [Case.parse(c.spec()) for c in (ours, theirs)] == [ours, theirs]
     assert theirs.label() == "torch compile"
-    for bad in ("qwen2.5-0.5b:dpo:1024", "qwen2.5-0.5b:haf", "qwen2.5-0.5b:haf:1024:jit"):
+    for bad in ("qwen2.5-0.5b:dpo:1024", "qwen2.5-0.5b:haf", "qwen2.5-0.5b:haf:1024:jit",
+                "qwen2.5-0.5b:haf:1024:eager+chunk=256"):
         with pytest.raises(SystemExit, match="bad case"):
+            Case.parse(bad)
+    variant = Case.parse("qwen2.5-0.5b:haf:1024+chunk=512+remat=none")
+    assert variant.options == (("chunk", "512"), ("remat", "none"))
+    assert Case.parse(variant.spec()) == variant
+    assert variant.label() == "hafrm-jax chunk=512 remat=none"
+    for bad in ("qwen2.5-0.5b:haf:1024+chunk=big", "qwen2.5-0.5b:haf:1024+remat=all",
+                "qwen2.5-0.5b:haf:1024+lr=1"):
+        with pytest.raises(SystemExit, match="bad option"):
             Case.parse(bad)

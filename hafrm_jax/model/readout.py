@@ -3,10 +3,14 @@
 - `last_token_index`: where the reward is read, the last real token, whichever side is padded.
 - `sequence_logprobs`: the summed log-probability of the response tokens under the LM head,
   computed a chunk of positions at a time so that the [batch, seq, vocab] float32 logits never
-  exist at once, in the forward or the backward pass.
+  exist at once, in the forward or the backward pass; prompt positions never reach the LM head,
+  and the backward pass (a custom VJP) recomputes each chunk's logits once, with no autodiff of
+  the log-softmax.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -65,16 +69,25 @@ def sequence_logprobs(
 ) -> jax.Array:
     """Sum of response-token log-probs [batch] under the LM head, in float32.
 
+    Only scored positions reach the LM head: a stable sort moves each row's scored positions
+    (those predicting a response token) to the front, in order, and the chunks past the longest
+    row's count are never computed, in the forward or the backward pass. Prompt positions, often
+    half a sequence, cost nothing, whatever their length per row.
+
     Args:
       hidden: final hidden states [batch, seq, hidden] (compute dtype).
       lm_weight: LM-head matrix [hidden, vocab]; lm_bias [vocab] where the head has one.
       input_ids: [batch, seq] token ids.
       response_mask: [batch, seq], 1 at response tokens (EOS included).
-      chunk_size: sequence positions per chunk. Peak logits memory is batch*chunk*vocab floats.
+      chunk_size: positions per chunk. Peak logits memory is batch*chunk*vocab floats.
       softcap: final-logit soft cap (Gemma-2), applied before the log-softmax.
     """
     batch, seq, _ = hidden.shape
     targets, weights = next_token_targets(input_ids, response_mask)
+    order = jnp.argsort(weights == 0, axis=-1, stable=True)  # [batch, seq]: scored first
+    hidden = jnp.take_along_axis(hidden, order[..., None], axis=1)
+    targets = jnp.take_along_axis(targets, order, axis=1)
+    weights = jnp.take_along_axis(weights, order, axis=1)
     num_chunks = -(-seq // chunk_size)
     pad = num_chunks * chunk_size - seq
     if pad:
@@ -85,18 +98,81 @@ def sequence_logprobs(
     def to_chunks(x):  # [batch, seq, ...] -> [chunks, batch, chunk, ...]
         return jnp.moveaxis(x.reshape(batch, num_chunks, chunk_size, *x.shape[2:]), 1, 0)
 
-    @jax.checkpoint  # the backward pass recomputes each chunk's logits instead of storing them
-    def chunk_logprobs(h, t, m):
-        logits = lm_logits(h, lm_weight, lm_bias, softcap)  # [batch, chunk, vocab] float32
-        target_logits = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-        token_logprobs = target_logits - jax.nn.logsumexp(logits, axis=-1)
-        return jnp.sum(token_logprobs * m, axis=-1)  # [batch]
+    scored = jnp.max(jnp.sum(weights != 0, axis=-1))
+    active_chunks = (scored + chunk_size - 1) // chunk_size  # chunks holding a scored position
+    return _chunked_logprobs(softcap, to_chunks(hidden), lm_weight, lm_bias, to_chunks(targets),
+                             to_chunks(weights), active_chunks)
 
-    def body(total, xs):
-        return total + chunk_logprobs(*xs), None
 
-    total, _ = jax.lax.scan(
-        body, jnp.zeros((batch,), jnp.float32),
-        (to_chunks(hidden), to_chunks(targets), to_chunks(weights)),
-    )
-    return total
+def _capped_logits(hidden, weight, bias, softcap):
+    """(raw, capped) float32 logits of a chunk [batch, chunk, vocab]; equal without a cap."""
+    raw = einsum_f32("bkd,dv->bkv", hidden, weight)
+    if bias is not None:
+        raw = raw + bias.astype(jnp.float32)
+    return raw, raw if softcap is None else jnp.tanh(raw / softcap) * softcap
+
+
+def _chunked_forward(softcap, hidden, weight, bias, targets, weights, active_chunks):
+    """Summed log-probs [batch] and each position's log-normaliser [chunks, batch, chunk]."""
+    _, batch, chunk, _ = hidden.shape
+
+    def body(c, carry):
+        total, lse = carry
+        _, logits = _capped_logits(hidden[c], weight, bias, softcap)  # [batch, chunk, vocab]
+        chunk_lse = jax.nn.logsumexp(logits, axis=-1)
+        target = jnp.take_along_axis(logits, targets[c][..., None], axis=-1)[..., 0]
+        total = total + jnp.sum((target - chunk_lse) * weights[c], axis=-1)
+        return total, lse.at[c].set(chunk_lse)
+
+    init = (jnp.zeros((batch,), jnp.float32), jnp.zeros(hidden.shape[:3], jnp.float32))
+    return jax.lax.fori_loop(0, active_chunks, body, init)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunked_logprobs(softcap, hidden, weight, bias, targets, weights, active_chunks):
+    """hidden [chunks, batch, chunk, hidden] -> summed log-probs [batch], computing only the
+    first `active_chunks` chunks (a traced count: a loop of dynamic length, so no shape changes).
+
+    A custom VJP because the backward pass needs neither the forward's logits nor autodiff of
+    its log-softmax: it recomputes a chunk's logits once, and d_logits is
+    g * weight * (onehot(target) - softmax), from the stored log-normalisers.
+    """
+    return _chunked_forward(softcap, hidden, weight, bias, targets, weights, active_chunks)[0]
+
+
+def _chunked_logprobs_fwd(softcap, hidden, weight, bias, targets, weights, active_chunks):
+    total, lse = _chunked_forward(softcap, hidden, weight, bias, targets, weights, active_chunks)
+    return total, (hidden, weight, bias, targets, weights, active_chunks, lse)
+
+
+def _chunked_logprobs_bwd(softcap, residuals, g):
+    hidden, weight, bias, targets, weights, active_chunks, lse = residuals
+    vocab = weight.shape[-1]
+    compute_weight = weight.astype(hidden.dtype)
+
+    def body(c, carry):
+        d_hidden, d_weight, d_bias = carry
+        raw, logits = _capped_logits(hidden[c], compute_weight, bias, softcap)
+        probs = jnp.exp(logits - lse[c][..., None])  # [batch, chunk, vocab] float32
+        coef = (g[:, None] * weights[c])[..., None]  # d total / d log-prob, per position
+        is_target = jnp.arange(vocab) == targets[c][..., None]
+        d_logits = coef * (is_target.astype(jnp.float32) - probs)
+        if softcap is not None:
+            d_logits = d_logits * (1 - jnp.square(logits / softcap))  # through tanh
+        if d_bias is not None:
+            d_bias = d_bias + jnp.sum(d_logits, axis=(0, 1))
+        d_logits = d_logits.astype(hidden.dtype)  # bf16 operands, float32 accumulation
+        d_h = jnp.einsum("bkv,dv->bkd", d_logits, compute_weight,
+                         preferred_element_type=jnp.float32)
+        d_weight = d_weight + jnp.einsum("bkd,bkv->dv", hidden[c], d_logits,
+                                         preferred_element_type=jnp.float32)
+        return d_hidden.at[c].set(d_h.astype(hidden.dtype)), d_weight, d_bias
+
+    init = (jnp.zeros_like(hidden), jnp.zeros(weight.shape, jnp.float32),
+            None if bias is None else jnp.zeros(bias.shape, jnp.float32))
+    d_hidden, d_weight, d_bias = jax.lax.fori_loop(0, active_chunks, body, init)
+    return (d_hidden, d_weight.astype(weight.dtype),
+            None if bias is None else d_bias.astype(bias.dtype), None, None, None)
+
+
+_chunked_logprobs.defvjp(_chunked_logprobs_fwd, _chunked_logprobs_bwd)

@@ -75,6 +75,59 @@ def test_gradients_match_naive():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_gradients_match_naive_with_bias_softcap_and_left_padding():
+    """The custom backward pass (recomputed logits, d_logits = g * (onehot - softmax), through
+    a soft cap and a bias) against autodiff of the full log-softmax, with a different cotangent
+    per row and responses that start at different positions."""
+    rng = np.random.default_rng(4)
+    batch, seq, dim, vocab, cap = 3, 11, 6, 13, 2.0
+    hidden = jnp.asarray(rng.normal(size=(batch, seq, dim)).astype(np.float32))
+    weight = jnp.asarray(rng.normal(size=(dim, vocab)).astype(np.float32))
+    bias = jnp.asarray(rng.normal(size=(vocab,)).astype(np.float32))
+    ids = jnp.asarray(rng.integers(0, vocab, size=(batch, seq)).astype(np.int32))
+    response = jnp.asarray(np.array([[0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1],  # left padded
+                                     [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0],
+                                     [0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]], np.int32))
+    row_weights = jnp.asarray([0.7, -1.3, 2.1])
+
+    def naive(h, w, b):
+        logits = jnp.einsum("bsd,dv->bsv", h, w) + b
+        logp = jax.nn.log_softmax(jnp.tanh(logits / cap) * cap, -1)[:, :-1]
+        tok = jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+        return jnp.sum(row_weights * jnp.sum(tok * response[:, 1:], -1))
+
+    def chunked(h, w, b):
+        return jnp.sum(row_weights * sequence_logprobs(h, w, ids, response, 2, b, cap))
+
+    np.testing.assert_allclose(chunked(hidden, weight, bias), naive(hidden, weight, bias),
+                               rtol=1e-5)
+    got = jax.jit(jax.grad(chunked, (0, 1, 2)))(hidden, weight, bias)
+    want = jax.grad(naive, (0, 1, 2))(hidden, weight, bias)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_prompt_positions_never_reach_the_lm_head():
+    """Scored positions are moved to the front and the chunks past them are skipped: hidden
+    states that only a skipped chunk would read (here NaN) touch neither the value nor the
+    gradient. Computing them and masking afterwards would give NaN (NaN * 0)."""
+    rng = np.random.default_rng(5)
+    seq, prompt, chunk = 16, 12, 4  # 3 scored positions -> only the first chunk is computed
+    hidden = rng.normal(size=(1, seq, 4)).astype(np.float32)
+    weight = jnp.asarray(rng.normal(size=(4, 9)).astype(np.float32))
+    ids = jnp.asarray(rng.integers(0, 9, size=(1, seq)).astype(np.int32))
+    response = jnp.asarray((np.arange(seq) >= prompt)[None].astype(np.int32))
+    want = naive_logprobs(hidden, weight, np.asarray(ids), np.asarray(response))
+    # The first chunk holds scored positions 11..14 and the first unscored one, position 0.
+    hidden[0, 1:11] = np.nan
+    hidden[0, 15] = np.nan
+    total = lambda h: jnp.sum(sequence_logprobs(h, weight, ids, response, chunk))
+    np.testing.assert_allclose(total(jnp.asarray(hidden)), want, rtol=1e-5)
+    grad = np.asarray(jax.jit(jax.grad(total))(jnp.asarray(hidden)))
+    assert np.isfinite(grad).all()
+    assert np.all(grad[0, 1:11] == 0) and np.any(grad[0, 11:15] != 0)
+
+
 def test_bf16_backward_runs_bf16_matmuls_and_stays_close():
     """In bf16 compute, every matmul of the log-prob gradient takes bf16 operands (none mixes
     in the float32 cotangent of the [.., vocab] logits), and the gradients stay within bf16
