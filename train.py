@@ -20,8 +20,8 @@ from ml_collections import config_flags
 from hafrm_jax import distributed
 from hafrm_jax.train.loop import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Training recipe: a configs/*.py file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(  # the default found from any working directory
+    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"), "Training recipe: a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints and metrics go; default: a new folder under runs/.")
 _COORDINATOR = flags.DEFINE_string(

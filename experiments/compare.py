@@ -25,8 +25,9 @@ from ml_collections import config_flags  # noqa: E402
 from hafrm_jax.experiments import (Variant, run_grid, summarise,  # noqa: E402
                                    training_free_baselines, write_report)
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "The recipe every run starts from.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(  # the default found from any working directory
+    "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs", "default.py"), "The recipe every run starts from.", lock_config=True)
 _OUT = flags.DEFINE_string("out", "experiments/default", "Output folder.")
 _METHODS = flags.DEFINE_list("methods", ["baseline", "dpo", "haf"], "Methods at the config's "
                              "alpha and beta.")

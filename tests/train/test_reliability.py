@@ -192,8 +192,8 @@ def test_files_are_safe_and_stay_in_the_workdir(tmp_path):
         d.mkdir()
     env = dict(os.environ, HOME=str(home), TMPDIR=str(tmp), XDG_CACHE_HOME=str(home / ".cache"),
                PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--workdir=run",
-                           f"--config={ROOT / 'configs' / 'default.py'}", *LONG,
+    # No --config: the default recipe is found from any working directory.
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--workdir=run", *LONG,
                            "--config.train.steps=10"], cwd=cwd, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
