@@ -6,6 +6,7 @@
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024:eager,\
 qwen2.5-1.5b:baseline:1024 --budget-s=300 --json=out.jsonl     # cases run in the order given
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024+chunk=512+remat=none
+  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024 --profile=/tmp/prof   # + busiest ops
 
 Each case runs in a fresh subprocess, so peak device memory is the case's own and the JAX and
 PyTorch allocators never share a GPU; a case that fails (out of memory, say) is reported as an
@@ -40,6 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.trace_summary import find_trace, format_summary, load_events, summarize  # noqa: E402
 from hafrm_jax.model.config import PRESETS, ModelConfig  # noqa: E402
 from hafrm_jax.objective import LossConfig, ObjectiveConfig  # noqa: E402
 from hafrm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh  # noqa: E402
@@ -80,12 +82,14 @@ def peak_memory_gb() -> float | None:
 
 
 def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
-             peak_tflops: float) -> dict:
+             peak_tflops: float, profile_dir: str | None = None, profile_steps: int = 3) -> dict:
+    """One timed case; with profile_dir, `profile_steps` more steps run under the JAX profiler
+    (after the timing, so it does not perturb it) and the row gets the trace's summary."""
     mesh = make_mesh()
     optim = ml_collections.ConfigDict(dict(
         learning_rate=1e-5, schedule="constant", warmup_steps=0, end_learning_rate_factor=1.0,
         weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0))
-    optimizer, schedule = make_optimizer(optim, steps + 3)
+    optimizer, schedule = make_optimizer(optim, steps + 3 + profile_steps)
     params, params_sh = init_params(cfg, 0, mesh, DEFAULT_RULES)
     state, state_sh = create_train_state(params, params_sh, optimizer, 0, mesh)
     rng = np.random.default_rng(0)
@@ -111,13 +115,25 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
             state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
         step_s = (time.perf_counter() - start) / steps
+        profile = None
+        if profile_dir:
+            try:  # a profiler that cannot start (no CUPTI, say) must not cost the timing row
+                with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+                    for _ in range(profile_steps):
+                        state, metrics = compiled(state, batch)
+                    jax.block_until_ready(metrics)
+                timelines = summarize(load_events(find_trace(profile_dir)), profile_steps, top=12)
+                profile = dict(dir=profile_dir, steps=profile_steps, timelines=timelines[:4])
+            except Exception as e:  # noqa: BLE001  reported in the row, not raised
+                profile = dict(dir=profile_dir, error=f"{type(e).__name__}: {e}"[:300],
+                               timelines=[])
     tokens = 2 * pairs * seq
     tflops = step_flops(cfg, pairs, seq, method != "baseline") / step_s / 1e12
     return dict(stack="hafrm-jax", method=method, pairs=pairs, seq=seq, step_s=round(step_s, 4),
                 tokens_per_s=round(tokens / step_s), tflops=round(tflops, 2),
                 mfu=round(tflops / peak_tflops, 4), peak_mem_gb=peak_memory_gb(),
                 compile_s=round(compile_s, 1), loss=float(metrics["loss/total"]),
-                device=jax.devices()[0].device_kind)
+                device=jax.devices()[0].device_kind, **({"profile": profile} if profile else {}))
 
 
 def run_torch(shape: str, method: str, pairs: int, seq: int, steps: int, compile_: bool) -> dict:
@@ -185,7 +201,12 @@ def _run_one(args, case: Case, peak: float) -> dict:
     cfg = dataclasses.replace(PRESETS[case.shape], dtype=args.dtype, remat=options["remat"],
                               attention_impl=options["attention"],
                               logprob_chunk=int(options["chunk"]))
-    row = run_case(cfg, case.method, args.pairs, case.seq, args.steps, peak)
+    profile_dir = None
+    if args.profile:
+        profile_dir = os.path.join(os.path.abspath(args.profile),
+                                   "".join(c if c.isalnum() or c in ".-" else "_"
+                                           for c in case.spec()))
+    row = run_case(cfg, case.method, args.pairs, case.seq, args.steps, peak, profile_dir)
     row.update(attention=cfg.attention_impl, remat=cfg.remat, chunk=cfg.logprob_chunk)
     return row
 
@@ -266,6 +287,10 @@ def main():
                         help="start no case after this many seconds (0: no limit)")
     parser.add_argument("--case-timeout-s", type=float, default=900)
     parser.add_argument("--json", default=None, help="append one JSON line per case here")
+    parser.add_argument("--profile", default=None,
+                        help="trace 3 more steps of each of our cases with the JAX profiler "
+                             "into this folder (one subfolder a case; open in Perfetto or "
+                             "TensorBoard), and print each trace's busiest ops")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)  # internal: one case
     parser.add_argument("--_peak", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_measure_peak", action="store_true", help=argparse.SUPPRESS)
@@ -302,6 +327,7 @@ def main():
     passthrough = [f"--pairs={args.pairs}", f"--steps={args.steps}", f"--dtype={args.dtype}",
                    f"--remat={args.remat}", f"--chunk={args.chunk}",
                    f"--peak-size={args.peak_size}"] + (["--smoke"] if args.smoke else []) \
+        + ([f"--profile={args.profile}"] if args.profile else []) \
         + ([f"--attention={args.attention}"] if args.attention else [])
     info, error = _spawn(passthrough + ["--_measure_peak"], args.case_timeout_s)
     if info is None:
@@ -326,7 +352,11 @@ def main():
         if "tflops" in row and "mfu" not in row:  # PyTorch rows: the same measured peak
             row["mfu"] = round(row["tflops"] / info["peak_tflops"], 4)
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+        if "profile" in row:
+            print(f"# profile of {case.spec()} ({row['profile']['dir']}):"
+                  + (f" failed: {row['profile']['error']}" if "error" in row["profile"]
+                     else format_summary(row["profile"]["timelines"])), flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -51,3 +51,47 @@ def test_case_specs_round_trip_and_bad_ones_are_refused():
                 "qwen2.5-0.5b:haf:1024+lr=1"):
         with pytest.raises(SystemExit, match="bad option"):
             Case.parse(bad)
+
+
+def test_trace_summary_sums_device_timelines_per_step():
+    from bench.trace_summary import format_summary, summarize
+
+    events = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "pid": 2, "tid": 7, "name": "thread_name", "args": {"name": "Stream #13"}},
+        {"ph": "M", "pid": 2, "tid": 8, "name": "thread_name", "args": {"name": "XLA Ops"}},
+        {"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 10_000, "name": "python"},
+    ]
+    for step in range(2):  # two steps: a 3 ms gemm and two 0.5 ms fusions on the stream
+        t = step * 10_000
+        events += [{"ph": "X", "pid": 2, "tid": 7, "ts": t, "dur": 3_000, "name": "gemm"},
+                   {"ph": "X", "pid": 2, "tid": 7, "ts": t + 3_000, "dur": 500, "name": "fusion"},
+                   {"ph": "X", "pid": 2, "tid": 7, "ts": t + 4_000, "dur": 500, "name": "fusion"},
+                   {"ph": "X", "pid": 2, "tid": 8, "ts": t, "dur": 3_000, "name": "dot.1"}]
+    timelines = summarize(events, steps=2)
+    assert [t["thread"] for t in timelines] == ["Stream #13", "XLA Ops"]  # no host timeline
+    stream = timelines[0]
+    assert stream["busy_ms_per_step"] == pytest.approx(4.0)
+    assert [(o["name"], o["ms_per_step"], o["calls_per_step"]) for o in stream["ops"]] == [
+        ("gemm", pytest.approx(3.0), 1), ("fusion", pytest.approx(1.0), 2)]
+    assert stream["ops"][0]["share"] == pytest.approx(0.75)
+    assert "| `gemm` | 3.000 | 1 | 75.0% |" in format_summary(timelines)
+
+
+def test_trace_summary_reads_a_real_jax_trace(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from bench.trace_summary import find_trace, load_events, summarize
+
+    f = jax.jit(lambda a: jnp.tanh(a @ a).sum())
+    a = jnp.ones((256, 256))
+    f(a).block_until_ready()
+    with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+        for _ in range(2):
+            f(a).block_until_ready()
+    timelines = summarize(load_events(find_trace(str(tmp_path))), steps=2)
+    assert timelines and all(t["busy_ms_per_step"] > 0 for t in timelines)
+    names = {o["name"] for t in timelines for o in t["ops"]}
+    assert any(n.startswith(("dot", "PjitFunction")) for n in names), names
