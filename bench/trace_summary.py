@@ -5,8 +5,9 @@
 Reads the Chrome-format trace that `jax.profiler.trace(dir, create_perfetto_trace=True)` writes
 (`perfetto_trace.json.gz`, or the `*.trace.json.gz` beside it). For every timeline (thread) of
 the device processes ("/device:GPU:0" and the like; the host's where there is no device, as on
-CPU), it prints the busiest event names: total time, time per step, calls and share of that
-timeline's busy time. Timelines are summed apart because a GPU trace shows the same work on
+CPU), it prints the share of its busy time by kind (matmul, attention, copy, reduction,
+elementwise fusion, other; by kernel name) and the busiest event names: time per step, calls
+and share. Timelines are summed apart because a GPU trace shows the same work on
 several of them (a stream's kernels, and the XLA ops and modules derived from them).
 No dependency beyond the standard library.
 """
@@ -19,6 +20,7 @@ import glob
 import gzip
 import json
 import os
+import re
 
 
 def find_trace(path: str) -> str:
@@ -40,9 +42,30 @@ def load_events(path: str) -> list[dict]:
     return data["traceEvents"] if isinstance(data, dict) else data
 
 
+# Kernel-name patterns of a category, first match wins: cuBLAS/cuBLASLt (xmma, nvjet), CUTLASS
+# and Triton GEMMs, XLA CPU dots; cuDNN / flash attention; copies; XLA fusions by kind.
+CATEGORIES = (
+    ("matmul", re.compile(r"gemm|nvjet|xmma|cutlass|cublas|matmul|^dot|[._]dot[._]", re.I)),
+    ("attention", re.compile(r"sdpa|fmha|flash|attention|cudnn", re.I)),
+    ("copy", re.compile(r"memcpy|memset|copy|transpose", re.I)),
+    ("reduction", re.compile(r"reduce|reduction", re.I)),
+    ("elementwise fusion", re.compile(r"fusion|loop_|wrapped_", re.I)),
+)
+
+
+def category(name: str) -> str:
+    """Coarse kind of a kernel or op, by its name: matmul, attention, copy, reduction,
+    elementwise fusion or other."""
+    for label, pattern in CATEGORIES:
+        if pattern.search(name):
+            return label
+    return "other"
+
+
 def summarize(events: list[dict], steps: int = 1, top: int = 15) -> list[dict]:
     """Per timeline of the device processes: {"process", "thread", "busy_ms_per_step",
-    "ops": [{"name", "ms_per_step", "calls_per_step", "share"}]}, busiest timeline first.
+    "categories": {category: share}, "ops": [{"name", "ms_per_step", "calls_per_step",
+    "share"}]}, busiest timeline first.
 
     Complete events ("X") are summed by name; a timeline's busy time is the sum of its events'
     durations (nested events on one timeline would count twice; device timelines do not nest).
@@ -63,10 +86,14 @@ def summarize(events: list[dict], steps: int = 1, top: int = 15) -> list[dict]:
     out = []
     for line, by_name in totals.items():
         busy = sum(by_name.values())
+        kinds = collections.Counter()
+        for name, us in by_name.items():
+            kinds[category(name)] += us / busy
         out.append({
             "process": processes.get(line[0], str(line[0])),
             "thread": threads.get(line, str(line[1])),
             "busy_ms_per_step": busy / 1e3 / steps,
+            "categories": dict(kinds.most_common()),
             "ops": [{"name": name, "ms_per_step": us / 1e3 / steps,
                      "calls_per_step": calls[line][name] / steps, "share": us / busy}
                     for name, us in by_name.most_common(top)],
@@ -78,8 +105,10 @@ def format_summary(timelines: list[dict], max_timelines: int = 4, width: int = 9
     """Markdown tables of the busiest timelines."""
     lines = []
     for t in timelines[:max_timelines]:
+        kinds = ", ".join(f"{k} {v:.0%}" for k, v in t.get("categories", {}).items())
         lines += ["", f"{t['process']} / {t['thread']}: {t['busy_ms_per_step']:.2f} ms busy a "
-                      "step", "", "| op | ms/step | calls/step | share |", "|---|---|---|---|"]
+                      f"step ({kinds})", "", "| op | ms/step | calls/step | share |",
+                  "|---|---|---|---|"]
         for op in t["ops"]:
             name = op["name"] if len(op["name"]) <= width else op["name"][:width - 3] + "..."
             lines.append(f"| `{name}` | {op['ms_per_step']:.3f} | {op['calls_per_step']:g} | "

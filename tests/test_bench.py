@@ -76,7 +76,22 @@ def test_trace_summary_sums_device_timelines_per_step():
     assert [(o["name"], o["ms_per_step"], o["calls_per_step"]) for o in stream["ops"]] == [
         ("gemm", pytest.approx(3.0), 1), ("fusion", pytest.approx(1.0), 2)]
     assert stream["ops"][0]["share"] == pytest.approx(0.75)
+    assert stream["categories"] == {"matmul": pytest.approx(0.75),
+                                    "elementwise fusion": pytest.approx(0.25)}
     assert "| `gemm` | 3.000 | 1 | 75.0% |" in format_summary(timelines)
+    assert "(matmul 75%, elementwise fusion 25%)" in format_summary(timelines)
+
+
+@pytest.mark.parametrize("name,kind", [
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64", "matmul"),
+    ("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NNT", "matmul"), ("dot.187", "matmul"),
+    ("cudnn_generated_fort_native_sdpa_sm90_knob_7", "attention"),
+    ("Memcpy HtoD", "copy"), ("input_reduce_fusion_3", "reduction"),
+    ("loop_multiply_fusion_12", "elementwise fusion"), ("ThunkExecutor::Execute", "other")])
+def test_trace_summary_kernel_categories(name, kind):
+    from bench.trace_summary import category
+
+    assert category(name) == kind
 
 
 def test_trace_summary_reads_a_real_jax_trace(tmp_path):
