@@ -274,8 +274,8 @@ def main():
                              "shape:method:seq:eager|compile for the PyTorch reference step")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--remat", default="dots", choices=["none", "full", "dots"])
-    parser.add_argument("--attention", default=None, choices=["xla", "cudnn"],
+    parser.add_argument("--remat", default="dots", choices=CASE_OPTIONS["remat"])
+    parser.add_argument("--attention", default=None, choices=CASE_OPTIONS["attention"],
                         help="default: cudnn on NVIDIA GPUs, xla elsewhere")
     parser.add_argument("--chunk", type=int, default=128, help="log-prob chunk (positions)")
     parser.add_argument("--peak-size", type=int, default=8192, help="matmul size for the peak")

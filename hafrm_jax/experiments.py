@@ -12,6 +12,7 @@ import time
 import ml_collections
 import numpy as np
 
+from hafrm_jax.sharding import device_description
 from hafrm_jax.train.loop import train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,6 @@ def write_report(runs: list[dict], table: dict, out: str,
                  baselines: dict[str, float] | None = None) -> None:
     """results.json, results.md (accuracy against noise; and per method at each noise rate:
     implicit accuracy, ECE, steps, wall time, device) and the two PNG plots."""
-    import jax
-
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"runs": runs, "baselines": baselines or {}}, f, indent=1)
@@ -150,7 +149,7 @@ def write_report(runs: list[dict], table: dict, out: str,
     for name, value in (baselines or {}).items():
         lines.append(f"| {name} | " + " | ".join(f"{value:.4f}" for _ in noise_rates) + " |")
     devices = {r.get("device") for r in runs} - {None}
-    device = ", ".join(sorted(devices)) or f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+    device = ", ".join(sorted(devices)) or device_description()
     for noise in noise_rates:
         lines += ["", f"Label noise {noise:g}, on {device}:", "",
                   "| method | test accuracy | implicit accuracy | ECE | best step | seconds/run |",

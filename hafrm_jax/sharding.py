@@ -62,6 +62,11 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int
     return tuple(sizes)
 
 
+def device_description() -> str:
+    """The accelerator a run used, for its results: e.g. "NVIDIA H100 80GB HBM3 x1"."""
+    return f"{jax.devices()[0].device_kind} x{jax.device_count()}"
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)

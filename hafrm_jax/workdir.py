@@ -18,7 +18,7 @@ from hafrm_jax import configuration
 from hafrm_jax.checkpoint import RunCheckpoints
 from hafrm_jax.hf.checkpoint import resolve_checkpoint
 from hafrm_jax.model.config import LoraConfig, ModelConfig, from_dict
-from hafrm_jax.model.lora import COLLECTION, merge_adapters, split_trainable
+from hafrm_jax.model.lora import COLLECTION, merge_adapters, model_variables, split_trainable
 from hafrm_jax.sharding import Rules, make_mesh
 from hafrm_jax.train.optimizer import make_optimizer
 from hafrm_jax.train.state import (abstract_params, abstract_train_state, init_params,
@@ -99,7 +99,7 @@ def load_run(workdir: str, which: Literal["best", "latest"] = "best", mesh=None,
         base, _ = init_params(model_config, config.train.seed, mesh, rules,
                               resolve_checkpoint(start) if start else None)
         adapters = params
-        heads = {k: v for k, v in adapters.items() if k != COLLECTION}
-        params = merge_adapters({**base, **heads}, adapters[COLLECTION], model_config)
+        variables = model_variables(adapters, base)  # the base with the trained heads put back
+        params = merge_adapters(variables["params"], variables[COLLECTION], model_config)
         model_config = dataclasses.replace(model_config, lora=None)
     return Run(config, model_config, params, tokenizer, step, hf_config, adapters, lora)

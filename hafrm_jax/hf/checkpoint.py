@@ -7,20 +7,16 @@ import logging
 import os
 from typing import Any
 
-import jax
 
 from hafrm_jax.hf import gguf
 from hafrm_jax.hf.config import load_hf_config, model_config_from_hf
 from hafrm_jax.hf.weights import load_params
 from hafrm_jax.model.config import ModelConfig
+from hafrm_jax.train.state import count_params
 
 log = logging.getLogger(__name__)
 
 _DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
-
-
-def is_gguf(path: str) -> bool:
-    return path.endswith(".gguf")
 
 
 def resolve_checkpoint(name_or_path: str) -> str:
@@ -29,7 +25,7 @@ def resolve_checkpoint(name_or_path: str) -> str:
     known = gguf.find_known_file(name_or_path)
     if known is not None:
         return known
-    if is_gguf(name_or_path):
+    if gguf.is_gguf(name_or_path):
         if not os.path.isfile(name_or_path):
             raise FileNotFoundError(f"model.name_or_path={name_or_path!r}: no such file")
         return name_or_path
@@ -52,7 +48,7 @@ def resolve_checkpoint(name_or_path: str) -> str:
 
 
 def pretrained_model_config(directory: str, **execution: Any) -> ModelConfig:
-    if is_gguf(directory):
+    if gguf.is_gguf(directory):
         return gguf.gguf_model_config(directory, **execution)
     return model_config_from_hf(load_hf_config(directory), **execution)
 
@@ -61,18 +57,17 @@ def load_pretrained_params(directory: str, model_config: ModelConfig, shardings:
                            abstract: Any) -> Any:
     """Params streamed from `directory` onto `shardings` (see `hafrm_jax.hf.weights`), or
     dequantised from a GGUF file."""
-    if is_gguf(directory):
+    if gguf.is_gguf(directory):
         params = gguf.load_gguf_params(directory, model_config, shardings, abstract)
     else:
         params = load_params(directory, model_config, shardings, abstract)
-    log.info("loaded %s (%.1fM params)", directory,
-             sum(x.size for x in jax.tree_util.tree_leaves(params)) / 1e6)
+    log.info("loaded %s (%.1fM params)", directory, count_params(params) / 1e6)
     return params
 
 
 def original_hf_config(directory: str) -> dict | None:
     """The checkpoint's config.json (None for a GGUF: exports then describe the model anew)."""
-    if is_gguf(directory):
+    if gguf.is_gguf(directory):
         return None
     with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
         return json.load(f)

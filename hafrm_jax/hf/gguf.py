@@ -38,6 +38,11 @@ _BLOCK = {
 }
 
 
+def is_gguf(path: str) -> bool:
+    """Whether `model.name_or_path` (resolved) names a GGUF file rather than a directory."""
+    return path.endswith(".gguf")
+
+
 def _reader(path: str):
     try:
         import gguf

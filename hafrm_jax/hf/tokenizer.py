@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 
+from hafrm_jax.hf import gguf
+
 log = logging.getLogger(__name__)
 
 
 def load_tokenizer(directory: str):
     """AutoTokenizer of a checkpoint directory (or the tokenizer inside a GGUF file), with a
     pad token that is not EOS (see `ensure_pad_token`)."""
-    if directory.endswith(".gguf"):
-        from hafrm_jax.hf.gguf import load_gguf_tokenizer
-
-        tokenizer = load_gguf_tokenizer(directory)
+    if gguf.is_gguf(directory):
+        tokenizer = gguf.load_gguf_tokenizer(directory)
     else:
         from transformers import AutoTokenizer
 

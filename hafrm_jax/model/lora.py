@@ -105,13 +105,13 @@ def optimizer_state_bytes(config: ModelConfig, train_lm_head: bool = False,
                           bytes_per_value: int = 4) -> dict[str, int]:
     """AdamW's memory (two float32 moments per trained value), counted from shapes alone: for
     full fine-tuning and, if `config.lora` is set, for LoRA training (adapters + heads)."""
-    from hafrm_jax.train.state import abstract_params  # shapes only: nothing is allocated
+    from hafrm_jax.train.state import abstract_params, count_params  # shapes: nothing allocated
 
-    count = lambda tree: sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
     params = abstract_params(config)
-    out = {"full_params": count(params), "full_adam_bytes": 2 * bytes_per_value * count(params)}
+    full = count_params(params)
+    out = {"full_params": full, "full_adam_bytes": 2 * bytes_per_value * full}
     if config.lora is not None:
         trainable, _ = split_trainable(params, abstract_params(config, COLLECTION), train_lm_head)
-        out["lora_trainable"] = count(trainable)
-        out["lora_adam_bytes"] = 2 * bytes_per_value * count(trainable)
+        out["lora_trainable"] = count_params(trainable)
+        out["lora_adam_bytes"] = 2 * bytes_per_value * count_params(trainable)
     return out

@@ -104,21 +104,13 @@ def sequence_logprobs(
                              to_chunks(weights), active_chunks)
 
 
-def _capped_logits(hidden, weight, bias, softcap):
-    """float32 logits of a chunk [batch, chunk, vocab], soft-capped where the model caps."""
-    logits = einsum_f32("bkd,dv->bkv", hidden, weight)
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)
-    return logits if softcap is None else jnp.tanh(logits / softcap) * softcap
-
-
 def _chunked_forward(softcap, hidden, weight, bias, targets, weights, active_chunks):
     """Summed log-probs [batch] and each position's log-normaliser [chunks, batch, chunk]."""
     _, batch, chunk, _ = hidden.shape
 
     def body(c, carry):
         total, lse = carry
-        logits = _capped_logits(hidden[c], weight, bias, softcap)  # [batch, chunk, vocab]
+        logits = lm_logits(hidden[c], weight, bias, softcap)  # [batch, chunk, vocab] float32
         chunk_lse = jax.nn.logsumexp(logits, axis=-1)
         target = jnp.take_along_axis(logits, targets[c][..., None], axis=-1)[..., 0]
         total = total + jnp.sum((target - chunk_lse) * weights[c], axis=-1)
@@ -152,7 +144,7 @@ def _chunked_logprobs_bwd(softcap, residuals, g):
 
     def body(c, carry):
         d_hidden, d_weight, d_bias = carry
-        logits = _capped_logits(hidden[c], compute_weight, bias, softcap)
+        logits = lm_logits(hidden[c], compute_weight, bias, softcap)
         probs = jnp.exp(logits - lse[c][..., None])  # [batch, chunk, vocab] float32
         coef = (g[:, None] * weights[c])[..., None]  # d total / d log-prob, per position
         is_target = jnp.arange(vocab) == targets[c][..., None]

@@ -29,14 +29,15 @@ from hafrm_jax.evaluation import eval_batch_size, local_rows, make_score_fn, sco
 from hafrm_jax.hf.checkpoint import original_hf_config, resolve_checkpoint
 from hafrm_jax.metrics import pair_metrics
 from hafrm_jax.objective import LossConfig
-from hafrm_jax.sharding import (batch_sharding, data_parallel_size, host_batch_to_global,
-                                make_mesh, replicated)
+from hafrm_jax.sharding import (batch_sharding, data_parallel_size, device_description,
+                                host_batch_to_global, make_mesh, replicated)
 from hafrm_jax.train.metrics_writer import MetricsWriter
 from hafrm_jax.train.optimizer import make_optimizer
 from hafrm_jax.train.plots import plot_training_curves
 from hafrm_jax.train.run_files import check_resume, save_run_files, write_json
 from hafrm_jax.model.lora import split_trainable
-from hafrm_jax.train.state import TrainState, create_train_state, init_adapters, init_params
+from hafrm_jax.train.state import (TrainState, count_params, create_train_state, init_adapters,
+                                   init_params)
 from hafrm_jax.train.step import train_step
 
 log = logging.getLogger(__name__)
@@ -296,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         "label_noise": config.data.label_noise, "flipped_train_pairs": int(len(data.flipped)),
         # This invocation's wall time (a resumed run counts only its last part).
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+        "device": device_description(),
     })
     return result
 
@@ -316,10 +317,9 @@ def _split_for_lora(config, loss_config: LossConfig, params, params_sh, mesh, ru
         dtype = jax.numpy.dtype(lora.base_dtype)
         frozen = jax.jit(lambda tree: jax.tree_util.tree_map(lambda x: x.astype(dtype), tree),
                          out_shardings=frozen_sh)(frozen)
-    count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))
     log.info("LoRA rank %d on %s: %.2fM trainable params, %.1fM frozen", lora.rank,
-             ",".join(loss_config.model.lora.targets), count(trainable) / 1e6,
-             count(frozen) / 1e6)
+             ",".join(loss_config.model.lora.targets), count_params(trainable) / 1e6,
+             count_params(frozen) / 1e6)
     return trainable, trainable_sh, frozen, frozen_sh
 
 

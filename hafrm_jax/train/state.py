@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax
@@ -44,6 +45,11 @@ def param_shardings(model_config: ModelConfig, mesh: Mesh, rules: Rules,
     logical axis names of the model's weights."""
     boxed = jax.eval_shape(_init_fn(model_config, collection), jax.random.PRNGKey(0))
     return logical_to_sharding(boxed, mesh, rules)
+
+
+def count_params(tree: Any) -> int:
+    """Number of values in a pytree of arrays or shape structs."""
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
 
 
 def abstract_params(model_config: ModelConfig, collection: str = "params") -> Any:
