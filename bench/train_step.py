@@ -42,7 +42,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.trace_summary import find_trace, format_summary, load_events, summarize  # noqa: E402
-from hafrm_jax.model.config import PRESETS, ModelConfig  # noqa: E402
+from hafrm_jax.model.config import PRESETS, REMAT_POLICIES, ModelConfig  # noqa: E402
 from hafrm_jax.objective import LossConfig, ObjectiveConfig  # noqa: E402
 from hafrm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh  # noqa: E402
 from hafrm_jax.train.optimizer import make_optimizer  # noqa: E402
@@ -73,6 +73,15 @@ def matmul_peak_tflops(size: int, dtype=jnp.bfloat16, repeats: int = 10) -> floa
         f(a, b).block_until_ready()
         times.append(time.perf_counter() - start)
     return 2 * size ** 3 / float(np.median(times)) / 1e12
+
+
+def fused_attention_calls(hlo_text: str) -> dict[str, int]:
+    """cuDNN attention kernels in a compiled program's text, forward and backward. Each compiled
+    computation counts once (a scanned layer body once, not once per layer): with remat, a
+    second forward call means the backward pass runs the attention forward again."""
+    calls = [line for line in hlo_text.splitlines() if 'custom_call_target="__cudnn$fmha' in line]
+    backward = sum("Backward" in line for line in calls)
+    return {"forward": len(calls) - backward, "backward": backward}
 
 
 def peak_memory_gb() -> float | None:
@@ -107,6 +116,7 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
         start = time.perf_counter()
         compiled = fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - start
+        attention_calls = fused_attention_calls(compiled.as_text())
         for _ in range(2):  # warm-up
             state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
@@ -133,6 +143,7 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
                 tokens_per_s=round(tokens / step_s), tflops=round(tflops, 2),
                 mfu=round(tflops / peak_tflops, 4), peak_mem_gb=peak_memory_gb(),
                 compile_s=round(compile_s, 1), loss=float(metrics["loss/total"]),
+                fused_attention_calls=attention_calls,
                 device=jax.devices()[0].device_kind, **({"profile": profile} if profile else {}))
 
 
@@ -143,9 +154,20 @@ def run_torch(shape: str, method: str, pairs: int, seq: int, steps: int, compile
     return torch_run(shape, "rm" if method == "baseline" else "haf", pairs, seq, steps, compile_)
 
 
+# Named XLA flag sets a case can run under (`+xla=name`), for trying compiler options per case.
+XLA_FLAG_SETS = {
+    "cublas": "--xla_gpu_enable_triton_gemm=false",  # every matmul through cuBLAS, none in Triton
+    "cudnn_fusion": "--xla_gpu_cudnn_gemm_fusion_level=2",  # cuDNN takes matmul epilogues
+    "no_graphs": "--xla_gpu_enable_command_buffer=",  # no CUDA graphs
+    "lhs": "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "dsf": "--xla_gpu_enable_dynamic_slice_fusion=true",  # scan slices fed to library calls
+}
+
 # Per-case execution options of our step: `+remat=none+chunk=512` after a case overrides the
-# command line's --remat / --chunk / --attention for that case alone.
-CASE_OPTIONS = {"remat": ("none", "full", "dots"), "chunk": None, "attention": ("xla", "cudnn")}
+# command line's --remat / --chunk / --attention / --unroll for that case alone; `+xla=name` runs
+# it under one of XLA_FLAG_SETS.
+CASE_OPTIONS = {"remat": REMAT_POLICIES, "chunk": None, "attention": ("xla", "cudnn"),
+                "unroll": None, "xla": tuple(XLA_FLAG_SETS)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,27 +219,32 @@ def _run_one(args, case: Case, peak: float) -> dict:
     if case.stack == "torch":
         return run_torch(case.shape, case.method, args.pairs, case.seq, args.steps, case.compile)
     options = {"remat": args.remat, "chunk": str(args.chunk), "attention": args.attention,
-               **dict(case.options)}
+               "unroll": str(args.unroll), **dict(case.options)}
     cfg = dataclasses.replace(PRESETS[case.shape], dtype=args.dtype, remat=options["remat"],
                               attention_impl=options["attention"],
-                              logprob_chunk=int(options["chunk"]))
+                              logprob_chunk=int(options["chunk"]),
+                              scan_unroll=int(options["unroll"]))
     profile_dir = None
     if args.profile:
         profile_dir = os.path.join(os.path.abspath(args.profile),
                                    "".join(c if c.isalnum() or c in ".-" else "_"
                                            for c in case.spec()))
     row = run_case(cfg, case.method, args.pairs, case.seq, args.steps, peak, profile_dir)
-    row.update(attention=cfg.attention_impl, remat=cfg.remat, chunk=cfg.logprob_chunk)
+    row.update(attention=cfg.attention_impl, remat=cfg.remat, chunk=cfg.logprob_chunk,
+               unroll=cfg.scan_unroll, xla_flags=os.environ.get("XLA_FLAGS", ""))
     return row
 
 
 _RESULT = "RESULT "  # prefix of the one line a case subprocess prints for its parent
 
 
-def _spawn(argv: list[str], timeout: float) -> tuple[dict | None, str]:
-    """Run this script with argv in a subprocess; (its JSON result or None, its output tail)."""
+def _spawn(argv: list[str], timeout: float, xla_flags: str = "") -> tuple[dict | None, str]:
+    """Run this script with argv in a subprocess, with xla_flags added to XLA_FLAGS; (its JSON
+    result or None, its output tail)."""
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # the case owns the device
+    if xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     try:
         out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env,
                              capture_output=True, text=True, timeout=timeout)
@@ -278,6 +305,7 @@ def main():
     parser.add_argument("--attention", default=None, choices=CASE_OPTIONS["attention"],
                         help="default: cudnn on NVIDIA GPUs, xla elsewhere")
     parser.add_argument("--chunk", type=int, default=128, help="log-prob chunk (positions)")
+    parser.add_argument("--unroll", type=int, default=1, help="layers per scan iteration")
     parser.add_argument("--peak-size", type=int, default=8192, help="matmul size for the peak")
     parser.add_argument("--compare-torch", action="store_true",
                         help="also run the PyTorch reference step (eager and compiled) on every "
@@ -325,7 +353,7 @@ def main():
         cases += [Case("torch", c.shape, c.method, c.seq, compile_) for c in list(cases)
                   for compile_ in (False, True)]
     passthrough = [f"--pairs={args.pairs}", f"--steps={args.steps}", f"--dtype={args.dtype}",
-                   f"--remat={args.remat}", f"--chunk={args.chunk}",
+                   f"--remat={args.remat}", f"--chunk={args.chunk}", f"--unroll={args.unroll}",
                    f"--peak-size={args.peak_size}"] + (["--smoke"] if args.smoke else []) \
         + ([f"--profile={args.profile}"] if args.profile else []) \
         + ([f"--attention={args.attention}"] if args.attention else [])
@@ -344,9 +372,10 @@ def main():
         if args.budget_s and time.perf_counter() - started > args.budget_s:
             print(f"skipped (budget of {args.budget_s:.0f} s spent): {case.spec()}", flush=True)
             continue
+        flag_set = dict(case.options).get("xla")
         row, error = _spawn(passthrough + [f"--_one={case.spec()}",
                                            f"--_peak={info['peak_tflops']}"],
-                            args.case_timeout_s)
+                            args.case_timeout_s, XLA_FLAG_SETS[flag_set] if flag_set else "")
         row = {**row, **base} if row else {**base, "error": error}
         row.update(pairs=args.pairs, device=info["device"], peak_tflops=info["peak_tflops"])
         if "tflops" in row and "mfu" not in row:  # PyTorch rows: the same measured peak

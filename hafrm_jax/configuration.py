@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from hafrm_jax.model.config import LoraConfig, ModelConfig, preset
+from hafrm_jax.model.config import REMAT_POLICIES, LoraConfig, ModelConfig, preset
 from hafrm_jax.objective import METHODS, LossConfig, ObjectiveConfig
 from hafrm_jax.sharding import DEFAULT_RULES
 
@@ -39,7 +39,7 @@ def execution_options(config: ml_collections.ConfigDict) -> dict:
     """The ModelConfig fields that the run config sets whatever the architecture's source."""
     m = config.model
     return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                attention_impl=m.attention_impl, logprob_chunk=m.logprob_chunk,
+                scan_unroll=m.scan_unroll, attention_impl=m.attention_impl, logprob_chunk=m.logprob_chunk,
                 lora=lora_config(config))
 
 
@@ -180,8 +180,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(o.learning_rate > 0, "optim.learning_rate must be positive")
     _require(0 <= o.warmup_steps < t.steps,
              f"optim.warmup_steps={o.warmup_steps} must be below train.steps={t.steps}")
-    _require(m.remat in ("none", "full", "dots"),
-             f"model.remat={m.remat!r}: expected none, full or dots")
+    _require(m.remat in REMAT_POLICIES,
+             f"model.remat={m.remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
+    _require(m.scan_unroll >= 1, f"model.scan_unroll={m.scan_unroll} must be at least 1")
     _require(m.attention_impl in ("xla", "cudnn"),
              f"model.attention_impl={m.attention_impl!r}: expected xla or cudnn")
     _require(m.lora.rank >= 0, "model.lora.rank must be non-negative")

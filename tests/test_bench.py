@@ -47,8 +47,11 @@ def test_case_specs_round_trip_and_bad_ones_are_refused():
     assert variant.options == (("chunk", "512"), ("remat", "none"))
     assert Case.parse(variant.spec()) == variant
     assert variant.label() == "hafrm-jax chunk=512 remat=none"
+    tuned = Case.parse("qwen2.5-0.5b:baseline:1024+remat=dots_attention+unroll=4+xla=cublas")
+    assert tuned.options == (("remat", "dots_attention"), ("unroll", "4"), ("xla", "cublas"))
     for bad in ("qwen2.5-0.5b:haf:1024+chunk=big", "qwen2.5-0.5b:haf:1024+remat=all",
-                "qwen2.5-0.5b:haf:1024+lr=1"):
+                "qwen2.5-0.5b:haf:1024+lr=1", "qwen2.5-0.5b:haf:1024+xla=fast",
+                "qwen2.5-0.5b:haf:1024+unroll=all"):
         with pytest.raises(SystemExit, match="bad option"):
             Case.parse(bad)
 
@@ -110,3 +113,15 @@ def test_trace_summary_reads_a_real_jax_trace(tmp_path):
     assert timelines and all(t["busy_ms_per_step"] > 0 for t in timelines)
     names = {o["name"] for t in timelines for o in t["ops"]}
     assert any(n.startswith(("dot", "PjitFunction")) for n in names), names
+
+
+def test_fused_attention_calls_are_counted_from_the_compiled_text():
+    from bench.train_step import fused_attention_calls
+
+    hlo = "\n".join([
+        '  %a = (bf16[8,1024,14,64]) custom-call(%q), custom_call_target="__cudnn$fmhaSoftmax"',
+        '  %b = (bf16[8,1024,14,64]) custom-call(%q), custom_call_target="__cudnn$fmhaSoftmax"',
+        '  %c = (bf16[8,1024,14,64]) custom-call(%g), '
+        'custom_call_target="__cudnn$fmhaSoftmaxBackward"',
+        '  %d = bf16[8] custom-call(%x), custom_call_target="__cublas$gemm"'])
+    assert fused_attention_calls(hlo) == {"forward": 2, "backward": 1}

@@ -11,7 +11,8 @@ from typing import Literal
 
 import jax.numpy as jnp
 
-RematPolicy = Literal["none", "full", "dots"]
+RematPolicy = Literal["none", "full", "dots", "dots_attention"]
+REMAT_POLICIES = ("none", "full", "dots", "dots_attention")
 AttentionImpl = Literal["xla", "cudnn"]
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi")
 
@@ -109,6 +110,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # master weights
     remat: RematPolicy = "none"  # per-layer rematerialisation in the backward pass
+    scan_unroll: int = 1  # layers per iteration of the scan over layers (num_layers: no loop)
     attention_impl: AttentionImpl = "xla"  # "cudnn": fused flash attention on NVIDIA GPUs
     logprob_chunk: int = 128  # sequence positions per chunk of LM-head logits
     lora: LoraConfig | None = None  # adapters on the backbone (the base then stays frozen)
@@ -130,6 +132,11 @@ class ModelConfig:
                              f"{self.num_layers} layers")
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; supported: {FAMILIES}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"unknown remat {self.remat!r}; expected one of {REMAT_POLICIES}")
+        if not 1 <= self.scan_unroll <= max(self.num_layers, 1):
+            raise ValueError(f"scan_unroll={self.scan_unroll} must be in [1, num_layers="
+                             f"{self.num_layers}]")
         if self.logprob_chunk <= 0:
             raise ValueError(f"logprob_chunk must be positive, got {self.logprob_chunk}")
 

@@ -3,7 +3,8 @@
 Parameter names follow Hugging Face's (`q_proj`, `gate_proj`, `input_layernorm`, ...) so that
 weight conversion is a table, and every weight carries logical axis names
 (`nn.with_logical_partitioning`) that `hafrm_jax.sharding` maps onto a device mesh. Layers are
-stacked with `nn.scan`: one compiled layer body, and params with a leading "layers" axis.
+stacked with `nn.scan`: one compiled layer body (or `scan_unroll` of them per iteration), and
+params with a leading "layers" axis whatever the unrolling.
 """
 
 from __future__ import annotations
@@ -230,9 +231,24 @@ class DecoderLayer(nn.Module):
         return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed")), None
 
 
+# The primitive that jax.nn.dot_product_attention(implementation="cudnn") binds for its forward
+# pass in training; its outputs are the attention output and the softmax statistics that the
+# backward kernel reads.
+_FUSED_ATTENTION_FORWARD = ("dot_product_attention_fwd_wrapper", "dot_product_attention_fwd")
+
+
+def save_dots_and_fused_attention(prim, *args, **params) -> bool:
+    """Remat policy: save what "dots" saves (weight matmul outputs), plus the fused attention
+    kernel's outputs, so the backward pass does not run the attention forward kernel again.
+    With XLA attention it saves exactly what "dots" saves."""
+    return (jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *args, **params)
+            or prim.name in _FUSED_ATTENTION_FORWARD)
+
+
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_attention": save_dots_and_fused_attention,
 }
 
 
@@ -257,6 +273,7 @@ class Decoder(nn.Module):
             split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast, nn.broadcast, 0),
             length=cfg.num_layers,
+            unroll=cfg.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg)
         self.norm = Norm(cfg)

@@ -1,0 +1,83 @@
+"""Decoder execution options: the remat policy that keeps the fused attention kernel's outputs,
+and unrolling the scan over layers; neither may change the function computed."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.extend.core import Primitive
+from jax.interpreters import mlir
+
+from hafrm_jax.model.config import PRESETS
+from hafrm_jax.model.decoder import _FUSED_ATTENTION_FORWARD, save_dots_and_fused_attention
+from hafrm_jax.objective import LossConfig, ObjectiveConfig, hybrid_loss
+from tests.conftest import make_pair_batch
+from tests.model.test_hybrid import init
+
+
+def _stand_in_attention():
+    """A custom-VJP op built like jax's cuDNN attention (which needs a GPU): its forward rule
+    binds a primitive of the same name with two outputs (output and softmax statistics), and its
+    backward rule reads the statistics."""
+    prim = Primitive(_FUSED_ATTENTION_FORWARD[0])
+    prim.multiple_results = True
+    impl = lambda x: [jnp.sin(x), jnp.cos(x)]  # noqa: E731
+    prim.def_impl(impl)
+    prim.def_abstract_eval(lambda x: [x, x])
+    mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=True))
+
+    @jax.custom_vjp
+    def attention(x):
+        return prim.bind(x)[0]
+
+    def forward(x):
+        out, stats = prim.bind(x)
+        return out, stats
+
+    attention.defvjp(forward, lambda stats, g: (g * stats,))
+    return attention
+
+
+def test_dots_attention_policy_saves_the_fused_kernel_outputs():
+    attention = _stand_in_attention()
+    w = jax.random.normal(jax.random.PRNGKey(0), (8, 8)) / 4
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 8))
+    layer = lambda x: attention(x @ w) @ w  # noqa: E731
+    forward_calls, grads = {}, {}
+    for name, policy in (("dots", jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+                         ("dots_attention", save_dots_and_fused_attention)):
+        grad = jax.grad(lambda x: jnp.sum(jax.checkpoint(layer, policy=policy)(x)))
+        forward_calls[name] = str(jax.make_jaxpr(grad)(x)).count(_FUSED_ATTENTION_FORWARD[0])
+        grads[name] = grad(x)
+    # "dots" runs the attention forward again in the backward pass; the new policy does not
+    assert forward_calls == {"dots": 2, "dots_attention": 1}
+    np.testing.assert_allclose(grads["dots_attention"], grads["dots"], rtol=1e-6)
+    np.testing.assert_allclose(grads["dots"], jax.grad(lambda x: jnp.sum(layer(x)))(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("options", [dict(scan_unroll=2), dict(scan_unroll=2, remat="dots"),
+                                     dict(remat="dots_attention")])
+def test_execution_options_compute_the_same_loss_and_gradients(tiny_config, options):
+    _, params = init(tiny_config)
+    batch = make_pair_batch(np.random.default_rng(0), 2, 8, tiny_config.vocab_size)
+    batch["ref_logps"] = np.zeros((2, 2), np.float32)
+    objective = ObjectiveConfig("haf")
+
+    def loss_and_grad(cfg):
+        return jax.value_and_grad(
+            lambda p: hybrid_loss(p, batch, LossConfig(cfg, objective))[0])(params)
+
+    ref_loss, ref_grad = loss_and_grad(tiny_config)
+    loss, grad = loss_and_grad(dataclasses.replace(tiny_config, **options))
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(ref_grad)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_scan_unroll_is_checked():
+    with pytest.raises(ValueError, match="scan_unroll"):
+        dataclasses.replace(PRESETS["tiny"], scan_unroll=PRESETS["tiny"].num_layers + 1)
+    with pytest.raises(ValueError, match="remat"):
+        dataclasses.replace(PRESETS["tiny"], remat="everything")
