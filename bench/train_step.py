@@ -167,7 +167,7 @@ XLA_FLAG_SETS = {
 # command line's --remat / --chunk / --attention / --unroll for that case alone; `+xla=name` runs
 # it under one of XLA_FLAG_SETS.
 CASE_OPTIONS = {"remat": REMAT_POLICIES, "chunk": None, "attention": ("xla", "cudnn"),
-                "unroll": None, "backward": ("recompute", "store"), "xla": tuple(XLA_FLAG_SETS)}
+                "unroll": None, "xla": tuple(XLA_FLAG_SETS)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,12 +219,11 @@ def _run_one(args, case: Case, peak: float) -> dict:
     if case.stack == "torch":
         return run_torch(case.shape, case.method, args.pairs, case.seq, args.steps, case.compile)
     options = {"remat": args.remat, "chunk": str(args.chunk), "attention": args.attention,
-               "unroll": str(args.unroll), "backward": args.backward, **dict(case.options)}
+               "unroll": str(args.unroll), **dict(case.options)}
     cfg = dataclasses.replace(PRESETS[case.shape], dtype=args.dtype, remat=options["remat"],
                               attention_impl=options["attention"],
                               logprob_chunk=int(options["chunk"]),
-                              scan_unroll=int(options["unroll"]),
-                              logprob_backward=options["backward"])
+                              scan_unroll=int(options["unroll"]))
     profile_dir = None
     if args.profile:
         profile_dir = os.path.join(os.path.abspath(args.profile),
@@ -232,7 +231,7 @@ def _run_one(args, case: Case, peak: float) -> dict:
                                            for c in case.spec()))
     row = run_case(cfg, case.method, args.pairs, case.seq, args.steps, peak, profile_dir)
     row.update(attention=cfg.attention_impl, remat=cfg.remat, chunk=cfg.logprob_chunk,
-               unroll=cfg.scan_unroll, backward=cfg.logprob_backward, xla_flags=os.environ.get("XLA_FLAGS", ""))
+               unroll=cfg.scan_unroll, xla_flags=os.environ.get("XLA_FLAGS", ""))
     return row
 
 
@@ -307,8 +306,6 @@ def main():
                         help="default: cudnn on NVIDIA GPUs, xla elsewhere")
     parser.add_argument("--chunk", type=int, default=128, help="log-prob chunk (positions)")
     parser.add_argument("--unroll", type=int, default=1, help="layers per scan iteration")
-    parser.add_argument("--backward", default="recompute", choices=CASE_OPTIONS["backward"],
-                        help="log-prob backward pass: recompute the logits or store exponentials")
     parser.add_argument("--peak-size", type=int, default=8192, help="matmul size for the peak")
     parser.add_argument("--compare-torch", action="store_true",
                         help="also run the PyTorch reference step (eager and compiled) on every "
@@ -357,7 +354,6 @@ def main():
                   for compile_ in (False, True)]
     passthrough = [f"--pairs={args.pairs}", f"--steps={args.steps}", f"--dtype={args.dtype}",
                    f"--remat={args.remat}", f"--chunk={args.chunk}", f"--unroll={args.unroll}",
-                   f"--backward={args.backward}",
                    f"--peak-size={args.peak_size}"] + (["--smoke"] if args.smoke else []) \
         + ([f"--profile={args.profile}"] if args.profile else []) \
         + ([f"--attention={args.attention}"] if args.attention else [])

@@ -27,9 +27,6 @@ def default_config() -> ml_collections.ConfigDict:
     model.scan_unroll = 1  # layers per scan iteration (1: one compiled layer; num_layers: unrolled)
     model.attention_impl = "xla"  # xla | cudnn (NVIDIA flash attention; right padding only)
     model.logprob_chunk = 128  # positions per chunk of LM-head logits
-    # recompute | store: the log-prob backward recomputes the LM-head logits, or reads the
-    # forward's exp(logits - max), kept in model.dtype (batch * seq * vocab values; faster)
-    model.logprob_backward = "recompute"
     # LoRA on the backbone (rank 0: full fine-tuning). The paper's Mistral-7B runs: rank 64,
     # alpha 16 on the MLP. The base stays frozen (no optimizer state); the reward head is
     # trained in full; the DPO reference is the base with the adapters off.

@@ -40,7 +40,6 @@ def execution_options(config: ml_collections.ConfigDict) -> dict:
     m = config.model
     return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
                 scan_unroll=m.scan_unroll, attention_impl=m.attention_impl, logprob_chunk=m.logprob_chunk,
-                logprob_backward=m.logprob_backward,
                 lora=lora_config(config))
 
 
@@ -184,8 +183,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(m.remat in REMAT_POLICIES,
              f"model.remat={m.remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
     _require(m.scan_unroll >= 1, f"model.scan_unroll={m.scan_unroll} must be at least 1")
-    _require(m.logprob_backward in ("recompute", "store"),
-             f"model.logprob_backward={m.logprob_backward!r}: expected recompute or store")
     _require(m.attention_impl in ("xla", "cudnn"),
              f"model.attention_impl={m.attention_impl!r}: expected xla or cudnn")
     _require(m.lora.rank >= 0, "model.lora.rank must be non-negative")

@@ -113,9 +113,6 @@ class ModelConfig:
     scan_unroll: int = 1  # layers per iteration of the scan over layers (num_layers: no loop)
     attention_impl: AttentionImpl = "xla"  # "cudnn": fused flash attention on NVIDIA GPUs
     logprob_chunk: int = 128  # sequence positions per chunk of LM-head logits
-    # "recompute": the log-prob backward pass recomputes the LM-head logits; "store": the forward
-    # keeps exp(logits - max) (batch * seq * vocab values in `dtype`), one matmul fewer
-    logprob_backward: Literal["recompute", "store"] = "recompute"
     lora: LoraConfig | None = None  # adapters on the backbone (the base then stays frozen)
 
     def __post_init__(self):
@@ -140,12 +137,6 @@ class ModelConfig:
         if not 1 <= self.scan_unroll <= max(self.num_layers, 1):
             raise ValueError(f"scan_unroll={self.scan_unroll} must be in [1, num_layers="
                              f"{self.num_layers}]")
-        if self.logprob_backward not in ("recompute", "store"):
-            raise ValueError(f"logprob_backward={self.logprob_backward!r}: expected recompute "
-                             "or store")
-        if self.logprob_backward == "store" and self.final_logit_softcap is not None:
-            raise ValueError("logprob_backward='store' does not support final_logit_softcap "
-                             "(Gemma-2); use 'recompute'")
         if self.logprob_chunk <= 0:
             raise ValueError(f"logprob_chunk must be positive, got {self.logprob_chunk}")
 

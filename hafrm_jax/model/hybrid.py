@@ -86,8 +86,7 @@ class HybridRewardModel(nn.Module):
             weight, bias = self.lm_head_params()
             logprobs = sequence_logprobs(hidden, weight, input_ids, response_mask,
                                          self.config.logprob_chunk, bias,
-                                         self.config.final_logit_softcap,
-                                         self.config.logprob_backward)
+                                         self.config.final_logit_softcap)
         return HybridOutput(rewards, logprobs)
 
     def logits(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:

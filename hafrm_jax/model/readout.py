@@ -3,11 +3,9 @@
 - `last_token_index`: where the reward is read, the last real token, whichever side is padded.
 - `sequence_logprobs`: the summed log-probability of the response tokens under the LM head,
   computed a chunk of positions at a time so that the [batch, seq, vocab] float32 logits never
-  exist at once; prompt positions never reach the LM head, and the backward pass is a custom
-  VJP with no autodiff of the log-softmax. It either recomputes each chunk's logits
-  (`backward="recompute"`: 4 LM-head matmuls a step, no stored [.., vocab] tensor) or reads the
-  forward's exponentials, kept in the compute dtype (`backward="store"`: 3 matmuls, and
-  batch * seq * vocab stored values).
+  exist at once, in the forward or the backward pass; prompt positions never reach the LM head,
+  and the backward pass (a custom VJP) recomputes each chunk's logits once, with no autodiff of
+  the log-softmax.
 """
 
 from __future__ import annotations
@@ -18,8 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from hafrm_jax.model.matmul import einsum_f32
-
-LOGPROB_BACKWARDS = ("recompute", "store")
 
 
 def last_token_index(attention_mask: jax.Array) -> jax.Array:
@@ -70,7 +66,6 @@ def sequence_logprobs(
     chunk_size: int,
     lm_bias: jax.Array | None = None,
     softcap: float | None = None,
-    backward: str = "recompute",
 ) -> jax.Array:
     """Sum of response-token log-probs [batch] under the LM head, in float32.
 
@@ -86,14 +81,7 @@ def sequence_logprobs(
       response_mask: [batch, seq], 1 at response tokens (EOS included).
       chunk_size: positions per chunk. Peak logits memory is batch*chunk*vocab floats.
       softcap: final-logit soft cap (Gemma-2), applied before the log-softmax.
-      backward: "recompute" (the backward pass recomputes each chunk's logits) or "store" (the
-        forward keeps exp(logits - max) in hidden's dtype, batch * seq * vocab values, and the
-        backward pass runs 2 matmuls instead of 3; no soft cap).
     """
-    if backward not in LOGPROB_BACKWARDS:
-        raise ValueError(f"unknown log-prob backward {backward!r}; expected {LOGPROB_BACKWARDS}")
-    if backward == "store" and softcap is not None:
-        raise ValueError("backward='store' does not support a final-logit soft cap")
     batch, seq, _ = hidden.shape
     targets, weights = next_token_targets(input_ids, response_mask)
     order = jnp.argsort(weights == 0, axis=-1, stable=True)  # [batch, seq]: scored first
@@ -112,11 +100,8 @@ def sequence_logprobs(
 
     scored = jnp.max(jnp.sum(weights != 0, axis=-1))
     active_chunks = (scored + chunk_size - 1) // chunk_size  # chunks holding a scored position
-    args = (to_chunks(hidden), lm_weight, lm_bias, to_chunks(targets), to_chunks(weights),
-            active_chunks)
-    if backward == "store":
-        return _stored_logprobs(*args)
-    return _chunked_logprobs(softcap, *args)
+    return _chunked_logprobs(softcap, to_chunks(hidden), lm_weight, lm_bias, to_chunks(targets),
+                             to_chunks(weights), active_chunks)
 
 
 def _chunked_forward(softcap, hidden, weight, bias, targets, weights, active_chunks):
@@ -183,80 +168,3 @@ def _chunked_logprobs_bwd(softcap, residuals, g):
 
 
 _chunked_logprobs.defvjp(_chunked_logprobs_fwd, _chunked_logprobs_bwd)
-
-
-# backward="store": the forward pass keeps, per scored position, e = exp(logits - max) in the
-# compute dtype and the normaliser sum(e), so that softmax = e / sum and
-#   d_logits = c * onehot(target) - (c / sum) * e,    c = g * weight (per position).
-# The onehot term is a gather (d_hidden) and a scatter (d_weight) of [positions, hidden] values,
-# and the e term is one matmul for each gradient, with the per-position scale applied to the
-# small side: no [.., vocab] elementwise pass and no logits recomputation in the backward pass.
-
-
-def _stored_forward(hidden, weight, bias, targets, weights, active_chunks):
-    """Summed log-probs [batch], exp(logits - max) [chunks, batch, chunk, vocab] in hidden's
-    dtype, and the normalisers sum(exp(logits - max)) [chunks, batch, chunk] in float32."""
-    chunks, batch, chunk, _ = hidden.shape
-
-    def body(c, carry):
-        total, exps, sums = carry
-        logits = lm_logits(hidden[c], weight, bias)  # [batch, chunk, vocab] float32
-        peak = jnp.max(logits, axis=-1, keepdims=True)
-        e = jnp.exp(logits - peak)
-        chunk_sum = jnp.sum(e, axis=-1)
-        target = jnp.take_along_axis(logits, targets[c][..., None], axis=-1)[..., 0]
-        logprob = target - peak[..., 0] - jnp.log(chunk_sum)
-        total = total + jnp.sum(logprob * weights[c], axis=-1)
-        return total, exps.at[c].set(e.astype(hidden.dtype)), sums.at[c].set(chunk_sum)
-
-    init = (jnp.zeros((batch,), jnp.float32),
-            jnp.zeros((chunks, batch, chunk, weight.shape[-1]), hidden.dtype),
-            jnp.ones((chunks, batch, chunk), jnp.float32))
-    return jax.lax.fori_loop(0, active_chunks, body, init)
-
-
-@jax.custom_vjp
-def _stored_logprobs(hidden, weight, bias, targets, weights, active_chunks):
-    """`_chunked_logprobs` with a backward pass that reads the forward's exponentials."""
-    return _stored_forward(hidden, weight, bias, targets, weights, active_chunks)[0]
-
-
-def _stored_logprobs_fwd(hidden, weight, bias, targets, weights, active_chunks):
-    total, exps, sums = _stored_forward(hidden, weight, bias, targets, weights, active_chunks)
-    return total, (hidden, weight, bias, targets, weights, active_chunks, exps, sums)
-
-
-def _stored_logprobs_bwd(residuals, g):
-    hidden, weight, bias, targets, weights, active_chunks, exps, sums = residuals
-    dtype = hidden.dtype
-    compute_weight = weight.astype(dtype)
-
-    def body(c, carry):
-        d_hidden, d_weight, d_bias = carry
-        coef = g[:, None] * weights[c]  # [batch, chunk]: d total / d log-prob
-        scale = coef / sums[c]  # [batch, chunk]: the softmax term's factor
-        h = hidden[c].astype(jnp.float32)  # [batch, chunk, hidden]
-        # d_hidden = coef * W[:, target] - scale * (e @ W^T)
-        target_rows = jnp.take(weight, targets[c], axis=1).astype(jnp.float32)  # [d, b, k]
-        e_w = jnp.einsum("bkv,dv->bkd", exps[c], compute_weight,
-                         preferred_element_type=jnp.float32)
-        d_h = coef[..., None] * jnp.moveaxis(target_rows, 0, -1) - scale[..., None] * e_w
-        # d_weight = sum over positions of coef * h (x) onehot - (scale * h) (x) e
-        d_weight = d_weight - jnp.einsum("bkd,bkv->dv", (scale[..., None] * h).astype(dtype),
-                                         exps[c], preferred_element_type=jnp.float32)
-        d_weight = d_weight.at[:, targets[c].reshape(-1)].add(
-            (coef[..., None] * h).reshape(-1, h.shape[-1]).T)
-        if d_bias is not None:
-            d_bias = d_bias - jnp.einsum("bk,bkv->v", scale.astype(dtype), exps[c],
-                                         preferred_element_type=jnp.float32)
-            d_bias = d_bias.at[targets[c].reshape(-1)].add(coef.reshape(-1))
-        return d_hidden.at[c].set(d_h.astype(dtype)), d_weight, d_bias
-
-    init = (jnp.zeros_like(hidden), jnp.zeros(weight.shape, jnp.float32),
-            None if bias is None else jnp.zeros(bias.shape, jnp.float32))
-    d_hidden, d_weight, d_bias = jax.lax.fori_loop(0, active_chunks, body, init)
-    return (d_hidden, d_weight.astype(weight.dtype),
-            None if bias is None else d_bias.astype(bias.dtype), None, None, None)
-
-
-_stored_logprobs.defvjp(_stored_logprobs_fwd, _stored_logprobs_bwd)

@@ -58,8 +58,7 @@ def test_masking_prompt_padding_and_eos():
     assert not np.allclose(with_token(5, 7), base)  # the EOS is scored
 
 
-@pytest.mark.parametrize("backward", ["recompute", "store"])
-def test_gradients_match_naive(backward):
+def test_gradients_match_naive():
     rng = np.random.default_rng(2)
     hidden = jnp.asarray(rng.normal(size=(2, 7, 4)).astype(np.float32))
     weight = jnp.asarray(rng.normal(size=(4, 9)).astype(np.float32))
@@ -71,20 +70,17 @@ def test_gradients_match_naive(backward):
         tok = jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
         return jnp.sum(tok * response[:, 1:])
 
-    chunked = lambda h, w: jnp.sum(sequence_logprobs(h, w, ids, response, 3, backward=backward))
+    chunked = lambda h, w: jnp.sum(sequence_logprobs(h, w, ids, response, 3))
     for a, b in zip(jax.grad(chunked, (0, 1))(hidden, weight), jax.grad(naive, (0, 1))(hidden, weight)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backward, cap", [("recompute", 2.0), ("recompute", None),
-                                            ("store", None)])
-def test_gradients_match_naive_with_bias_softcap_and_left_padding(backward, cap):
-    """The custom backward passes (recomputed logits, or stored exponentials; d_logits =
-    g * (onehot - softmax), through a soft cap and a bias) against autodiff of the full
-    log-softmax, with a different cotangent per row and responses that start at different
-    positions."""
+def test_gradients_match_naive_with_bias_softcap_and_left_padding():
+    """The custom backward pass (recomputed logits, d_logits = g * (onehot - softmax), through
+    a soft cap and a bias) against autodiff of the full log-softmax, with a different cotangent
+    per row and responses that start at different positions."""
     rng = np.random.default_rng(4)
-    batch, seq, dim, vocab = 3, 11, 6, 13
+    batch, seq, dim, vocab, cap = 3, 11, 6, 13, 2.0
     hidden = jnp.asarray(rng.normal(size=(batch, seq, dim)).astype(np.float32))
     weight = jnp.asarray(rng.normal(size=(dim, vocab)).astype(np.float32))
     bias = jnp.asarray(rng.normal(size=(vocab,)).astype(np.float32))
@@ -96,15 +92,12 @@ def test_gradients_match_naive_with_bias_softcap_and_left_padding(backward, cap)
 
     def naive(h, w, b):
         logits = jnp.einsum("bsd,dv->bsv", h, w) + b
-        if cap is not None:
-            logits = jnp.tanh(logits / cap) * cap
-        logp = jax.nn.log_softmax(logits, -1)[:, :-1]
+        logp = jax.nn.log_softmax(jnp.tanh(logits / cap) * cap, -1)[:, :-1]
         tok = jnp.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
         return jnp.sum(row_weights * jnp.sum(tok * response[:, 1:], -1))
 
     def chunked(h, w, b):
-        return jnp.sum(row_weights * sequence_logprobs(h, w, ids, response, 2, b, cap,
-                                                       backward))
+        return jnp.sum(row_weights * sequence_logprobs(h, w, ids, response, 2, b, cap))
 
     np.testing.assert_allclose(chunked(hidden, weight, bias), naive(hidden, weight, bias),
                                rtol=1e-5)
@@ -114,8 +107,7 @@ def test_gradients_match_naive_with_bias_softcap_and_left_padding(backward, cap)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backward", ["recompute", "store"])
-def test_prompt_positions_never_reach_the_lm_head(backward):
+def test_prompt_positions_never_reach_the_lm_head():
     """Scored positions are moved to the front and the chunks past them are skipped: hidden
     states that only a skipped chunk would read (here NaN) touch neither the value nor the
     gradient. Computing them and masking afterwards would give NaN (NaN * 0)."""
@@ -129,16 +121,14 @@ def test_prompt_positions_never_reach_the_lm_head(backward):
     # The first chunk holds scored positions 11..14 and the first unscored one, position 0.
     hidden[0, 1:11] = np.nan
     hidden[0, 15] = np.nan
-    total = lambda h: jnp.sum(sequence_logprobs(h, weight, ids, response, chunk,
-                                                backward=backward))
+    total = lambda h: jnp.sum(sequence_logprobs(h, weight, ids, response, chunk))
     np.testing.assert_allclose(total(jnp.asarray(hidden)), want, rtol=1e-5)
     grad = np.asarray(jax.jit(jax.grad(total))(jnp.asarray(hidden)))
     assert np.isfinite(grad).all()
     assert np.all(grad[0, 1:11] == 0) and np.any(grad[0, 11:15] != 0)
 
 
-@pytest.mark.parametrize("backward", ["recompute", "store"])
-def test_bf16_backward_runs_bf16_matmuls_and_stays_close(backward):
+def test_bf16_backward_runs_bf16_matmuls_and_stays_close():
     """In bf16 compute, every matmul of the log-prob gradient takes bf16 operands (none mixes
     in the float32 cotangent of the [.., vocab] logits), and the gradients stay within bf16
     rounding of the float32 ones."""
@@ -149,12 +139,11 @@ def test_bf16_backward_runs_bf16_matmuls_and_stays_close(backward):
     response = jnp.asarray((np.arange(12) >= 5)[None].repeat(2, 0).astype(np.int32))
 
     def total(h, w):
-        return jnp.sum(sequence_logprobs(h, w, ids, response, 4, backward=backward))
+        return jnp.sum(sequence_logprobs(h, w, ids, response, 4))
 
     grad = jax.grad(total, (0, 1))
     dots = dot_operand_types(grad, jnp.asarray(hidden, jnp.bfloat16), jnp.asarray(weight))
-    # forward, (recomputed forward,) d_hidden, d_weight
-    assert len(dots) == (4 if backward == "recompute" else 3), dots
+    assert len(dots) >= 3  # (recomputed) forward, d_hidden, d_weight
     assert all(t.endswith("bf16>") for pair in dots for t in pair), dots
 
     low = grad(jnp.asarray(hidden, jnp.bfloat16), jnp.asarray(weight))
@@ -163,40 +152,6 @@ def test_bf16_backward_runs_bf16_matmuls_and_stays_close(backward):
     for a, b in zip(low, high):
         a, b = np.asarray(a, np.float32), np.asarray(b)
         assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-2
-
-
-@pytest.mark.parametrize("backward", ["recompute", "store"])
-def test_gradients_with_one_target_everywhere(backward):
-    """Every position predicts the same token: the stored backward's scatter into the LM head's
-    gradient must add up repeated columns, not overwrite them."""
-    rng = np.random.default_rng(6)
-    hidden = jnp.asarray(rng.normal(size=(2, 6, 4)).astype(np.float32))
-    weight = jnp.asarray(rng.normal(size=(4, 5)).astype(np.float32))
-    bias = jnp.asarray(rng.normal(size=(5,)).astype(np.float32))
-    ids = jnp.full((2, 6), 3, jnp.int32)
-    response = jnp.asarray((np.arange(6) >= 2)[None].repeat(2, 0).astype(np.int32))
-
-    def naive(h, w, b):
-        logp = jax.nn.log_softmax(jnp.einsum("bsd,dv->bsv", h, w) + b, -1)[:, :-1, 3]
-        return jnp.sum(logp * response[:, 1:] * jnp.array([[1.0], [-2.0]]))
-
-    def chunked(h, w, b):
-        return jnp.sum(sequence_logprobs(h, w, ids, response, 4, b, backward=backward)
-                       * jnp.array([1.0, -2.0]))
-
-    for a, b in zip(jax.grad(chunked, (0, 1, 2))(hidden, weight, bias),
-                    jax.grad(naive, (0, 1, 2))(hidden, weight, bias)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_store_backward_refuses_a_soft_cap():
-    ids = jnp.zeros((1, 4), jnp.int32)
-    with pytest.raises(ValueError, match="soft cap"):
-        sequence_logprobs(jnp.zeros((1, 4, 2)), jnp.zeros((2, 3)), ids, ids + 1, 2, None, 30.0,
-                          "store")
-    with pytest.raises(ValueError, match="log-prob backward"):
-        sequence_logprobs(jnp.zeros((1, 4, 2)), jnp.zeros((2, 3)), ids, ids + 1, 2,
-                          backward="cache")
 
 
 def test_last_token_index_either_padding_side():
