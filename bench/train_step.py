@@ -5,7 +5,8 @@
   python bench/train_step.py --shape=qwen2.5-0.5b --seqs=512,1024,2048,4096 --compare-torch
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024:eager,\
 qwen2.5-1.5b:baseline:1024 --budget-s=300 --json=out.jsonl     # cases run in the order given
-  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024+chunk=512+remat=none
+  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024+chunk=512+remat=dots
+  python bench/train_step.py --cases=qwen2.5-0.5b:baseline:1024+unroll=1+xla=cublas  # scan, cuBLAS
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024 --profile=/tmp/prof   # + busiest ops
 
 Each case runs in a fresh subprocess, so peak device memory is the case's own and the JAX and
@@ -301,11 +302,14 @@ def main():
                              "shape:method:seq:eager|compile for the PyTorch reference step")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--remat", default="dots", choices=CASE_OPTIONS["remat"])
+    # Defaults: the fastest setting measured on an H100 (bench/RESULTS.md, round 3): every
+    # layer unrolled into one program, nothing recomputed.
+    parser.add_argument("--remat", default="none", choices=CASE_OPTIONS["remat"])
     parser.add_argument("--attention", default=None, choices=CASE_OPTIONS["attention"],
                         help="default: cudnn on NVIDIA GPUs, xla elsewhere")
     parser.add_argument("--chunk", type=int, default=128, help="log-prob chunk (positions)")
-    parser.add_argument("--unroll", type=int, default=1, help="layers per scan iteration")
+    parser.add_argument("--unroll", type=int, default=0,
+                        help="layers per scan iteration (0: all, no loop)")
     parser.add_argument("--peak-size", type=int, default=8192, help="matmul size for the peak")
     parser.add_argument("--compare-torch", action="store_true",
                         help="also run the PyTorch reference step (eager and compiled) on every "
@@ -363,6 +367,7 @@ def main():
     header = (f"# {info['device']}, jax {info['jax']}; measured bf16 matmul peak "
               f"{info['peak_tflops']:.1f} TFLOP/s ({args.peak_size}^3, median of 10); "
               f"{args.pairs} pairs/step, {info['dtype']}, remat {args.remat}, "
+              f"layers per scan step {args.unroll or 'all'}, "
               f"attention {info['attention']}, log-prob chunk {args.chunk}")
     print(header, flush=True)
     rows = []

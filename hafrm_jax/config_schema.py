@@ -24,7 +24,7 @@ def default_config() -> ml_collections.ConfigDict:
     model.dtype = "float32"  # compute dtype; bfloat16 on accelerators
     model.param_dtype = "float32"  # master weights
     model.remat = "none"  # none | full | dots | dots_attention: per-layer recompute in backward
-    model.scan_unroll = 1  # layers per scan iteration (1: one compiled layer; num_layers: unrolled)
+    model.scan_unroll = 1  # layers per scan iteration (1: one compiled layer; 0: all, no loop)
     model.attention_impl = "xla"  # xla | cudnn (NVIDIA flash attention; right padding only)
     model.logprob_chunk = 128  # positions per chunk of LM-head logits
     # LoRA on the backbone (rank 0: full fine-tuning). The paper's Mistral-7B runs: rank 64,

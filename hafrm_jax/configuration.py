@@ -182,7 +182,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"optim.warmup_steps={o.warmup_steps} must be below train.steps={t.steps}")
     _require(m.remat in REMAT_POLICIES,
              f"model.remat={m.remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
-    _require(m.scan_unroll >= 1, f"model.scan_unroll={m.scan_unroll} must be at least 1")
+    _require(m.scan_unroll >= 0,
+             f"model.scan_unroll={m.scan_unroll} must be non-negative (0: every layer)")
     _require(m.attention_impl in ("xla", "cudnn"),
              f"model.attention_impl={m.attention_impl!r}: expected xla or cudnn")
     _require(m.lora.rank >= 0, "model.lora.rank must be non-negative")

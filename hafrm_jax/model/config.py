@@ -110,7 +110,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # master weights
     remat: RematPolicy = "none"  # per-layer rematerialisation in the backward pass
-    scan_unroll: int = 1  # layers per iteration of the scan over layers (num_layers: no loop)
+    scan_unroll: int = 1  # layers per iteration of the scan over layers; 0: all (no loop)
     attention_impl: AttentionImpl = "xla"  # "cudnn": fused flash attention on NVIDIA GPUs
     logprob_chunk: int = 128  # sequence positions per chunk of LM-head logits
     lora: LoraConfig | None = None  # adapters on the backbone (the base then stays frozen)
@@ -134,15 +134,19 @@ class ModelConfig:
             raise ValueError(f"unknown family {self.family!r}; supported: {FAMILIES}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat {self.remat!r}; expected one of {REMAT_POLICIES}")
-        if not 1 <= self.scan_unroll <= max(self.num_layers, 1):
-            raise ValueError(f"scan_unroll={self.scan_unroll} must be in [1, num_layers="
-                             f"{self.num_layers}]")
+        if not 0 <= self.scan_unroll <= max(self.num_layers, 1):
+            raise ValueError(f"scan_unroll={self.scan_unroll} must be in [0, num_layers="
+                             f"{self.num_layers}] (0: every layer)")
         if self.logprob_chunk <= 0:
             raise ValueError(f"logprob_chunk must be positive, got {self.logprob_chunk}")
 
     @property
     def dim_per_head(self) -> int:
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    @property
+    def layers_per_scan_step(self) -> int:
+        return self.scan_unroll or self.num_layers
 
     @property
     def rotary_dim(self) -> int:

@@ -266,14 +266,21 @@ class Decoder(nn.Module):
         )
         layer = DecoderLayer
         if cfg.remat != "none":
-            layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            # Unrolled into one program, the forward layers and their recomputation in the
+            # backward pass are identical expressions, and XLA's CSE merges them unless told
+            # not to: the remat is then silently undone (seen on an H100: the same peak memory
+            # as no remat). Inside a scan the two sit in different loops, and prevent_cse would
+            # only block optimisations.
+            fully_unrolled = cfg.layers_per_scan_step >= cfg.num_layers
+            layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat],
+                             prevent_cse=fully_unrolled)
         self.layers = nn.scan(
             layer,
             variable_axes={"params": 0, COLLECTION: 0},
             split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast, nn.broadcast, 0),
             length=cfg.num_layers,
-            unroll=cfg.scan_unroll,
+            unroll=cfg.layers_per_scan_step,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg)
         self.norm = Norm(cfg)

@@ -57,7 +57,7 @@ def test_dots_attention_policy_saves_the_fused_kernel_outputs():
     np.testing.assert_allclose(grads["dots"], jax.grad(lambda x: jnp.sum(layer(x)))(x), rtol=1e-6)
 
 
-@pytest.mark.parametrize("options", [dict(scan_unroll=2), dict(scan_unroll=2, remat="dots"),
+@pytest.mark.parametrize("options", [dict(scan_unroll=0), dict(scan_unroll=2, remat="dots"),
                                      dict(remat="dots_attention")])
 def test_execution_options_compute_the_same_loss_and_gradients(tiny_config, options):
     _, params = init(tiny_config)
@@ -79,5 +79,26 @@ def test_execution_options_compute_the_same_loss_and_gradients(tiny_config, opti
 def test_scan_unroll_is_checked():
     with pytest.raises(ValueError, match="scan_unroll"):
         dataclasses.replace(PRESETS["tiny"], scan_unroll=PRESETS["tiny"].num_layers + 1)
+    with pytest.raises(ValueError, match="scan_unroll"):
+        dataclasses.replace(PRESETS["tiny"], scan_unroll=-1)
+    assert dataclasses.replace(PRESETS["tiny"], scan_unroll=0).layers_per_scan_step == \
+        PRESETS["tiny"].num_layers
     with pytest.raises(ValueError, match="remat"):
         dataclasses.replace(PRESETS["tiny"], remat="everything")
+
+
+def test_remat_survives_full_unrolling(tiny_config):
+    """Fully unrolled, the backward pass's recomputation and the forward pass are one program,
+    where XLA's CSE would merge them and silently undo the remat (as seen on an H100: the same
+    peak memory as remat="none"); the recomputed matmuls must still be in the compiled step."""
+    _, params = init(tiny_config)
+    batch = make_pair_batch(np.random.default_rng(0), 2, 8, tiny_config.vocab_size)
+    batch["ref_logps"] = np.zeros((2, 2), np.float32)
+
+    def compiled_dots(**options):
+        cfg = dataclasses.replace(tiny_config, scan_unroll=0, **options)
+        grad = jax.jit(jax.grad(
+            lambda p: hybrid_loss(p, batch, LossConfig(cfg, ObjectiveConfig("haf")))[0]))
+        return grad.lower(params).compile().as_text().count(" dot(")
+
+    assert compiled_dots(remat="dots") > compiled_dots(remat="none")
