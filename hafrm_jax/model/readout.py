@@ -114,7 +114,7 @@ def _chunked_forward(softcap, hidden, weight, bias, targets, weights, active_chu
         chunk_lse = jax.nn.logsumexp(logits, axis=-1)
         target = jnp.take_along_axis(logits, targets[c][..., None], axis=-1)[..., 0]
         total = total + jnp.sum((target - chunk_lse) * weights[c], axis=-1)
-        return total, lse.at[c].set(chunk_lse)
+        return total, jax.lax.dynamic_update_index_in_dim(lse, chunk_lse, c, 0)
 
     init = (jnp.zeros((batch,), jnp.float32), jnp.zeros(hidden.shape[:3], jnp.float32))
     return jax.lax.fori_loop(0, active_chunks, body, init)
@@ -158,7 +158,10 @@ def _chunked_logprobs_bwd(softcap, residuals, g):
                          preferred_element_type=jnp.float32)
         d_weight = d_weight + jnp.einsum("bkd,bkv->dv", hidden[c], d_logits,
                                          preferred_element_type=jnp.float32)
-        return d_hidden.at[c].set(d_h.astype(hidden.dtype)), d_weight, d_bias
+        # lax's dynamic update, not `.at[c].set`: with the latter XLA copied the whole bf16
+        # d_hidden buffer in every iteration (seen in the compiled HLO)
+        d_hidden = jax.lax.dynamic_update_index_in_dim(d_hidden, d_h.astype(hidden.dtype), c, 0)
+        return d_hidden, d_weight, d_bias
 
     init = (jnp.zeros_like(hidden), jnp.zeros(weight.shape, jnp.float32),
             None if bias is None else jnp.zeros(bias.shape, jnp.float32))

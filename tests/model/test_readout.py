@@ -161,3 +161,24 @@ def test_last_token_index_either_padding_side():
     np.testing.assert_array_equal(last_token_index(left), [4, 4])
     hidden = jnp.arange(2 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 3)
     np.testing.assert_array_equal(gather_last_token(hidden, right), hidden[jnp.arange(2), jnp.array([2, 4])])
+
+
+def test_chunk_loops_write_their_buffers_in_place():
+    """The backward loop writes each chunk's d_hidden into one buffer; in bf16 compute the
+    compiled step must not copy that whole [chunks, batch, chunk, hidden] buffer (as it did,
+    every chunk, when written with `.at[c].set`)."""
+    import re
+
+    rng = np.random.default_rng(7)
+    batch, seq, dim, vocab, chunk = 4, 64, 32, 1000, 16
+    hidden = jnp.asarray(rng.normal(size=(batch, seq, dim)), jnp.bfloat16)
+    weight = jnp.asarray(rng.normal(size=(dim, vocab)) / 4, jnp.float32)
+    ids = jnp.asarray(rng.integers(0, vocab, size=(batch, seq)), jnp.int32)
+    response = jnp.asarray((np.arange(seq) >= seq // 2)[None].repeat(batch, 0), jnp.int32)
+    grad = jax.jit(jax.grad(
+        lambda h, w: jnp.sum(sequence_logprobs(h, w, ids, response, chunk)), (0, 1)))
+    text = grad.lower(hidden, weight).compile().as_text()
+    buffer = f"bf16[{seq // chunk},{batch},{chunk},{dim}]"
+    copies = [line for line in text.splitlines()
+              if re.search(r"= \S+ copy\(", line) and buffer in line]
+    assert not copies, copies
