@@ -5,7 +5,7 @@
   python bench/train_step.py --shape=qwen2.5-0.5b --seqs=512,1024,2048,4096 --compare-torch
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024:eager,\
 qwen2.5-1.5b:baseline:1024 --budget-s=300 --json=out.jsonl     # cases run in the order given
-  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024+chunk=512+remat=dots
+  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024+chunk=512+unroll=1
   python bench/train_step.py --cases=qwen2.5-0.5b:baseline:1024+unroll=1+xla=cublas  # scan, cuBLAS
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024 --profile=/tmp/prof   # + busiest ops
 

@@ -39,7 +39,8 @@ def execution_options(config: ml_collections.ConfigDict) -> dict:
     """The ModelConfig fields that the run config sets whatever the architecture's source."""
     m = config.model
     return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                scan_unroll=m.scan_unroll, attention_impl=m.attention_impl, logprob_chunk=m.logprob_chunk,
+                scan_unroll=m.scan_unroll, attention_impl=m.attention_impl,
+                logprob_chunk=m.logprob_chunk,
                 lora=lora_config(config))
 
 
