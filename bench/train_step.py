@@ -262,8 +262,8 @@ def _spawn(argv: list[str], timeout: float, xla_flags: str = "") -> tuple[dict |
 def _print_table(rows: list[dict], header: str) -> None:
     print(header)
     print("| shape | stack | method | seq | tokens/s | TFLOP/s | MFU | peak GiB | compile s "
-          "| step s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| step s | case wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['shape']} | {r['label']} | {r['method']} | {r['seq']} | "
@@ -273,7 +273,8 @@ def _print_table(rows: list[dict], header: str) -> None:
         mfu = r.get("mfu", "-")
         print(f"| {r['shape']} | {r['label']} | {r['method']} | {r['seq']} | "
               f"{r['tokens_per_s']} | {r['tflops']} | {mfu} | {mem} | "
-              f"{r.get('compile_s', r.get('warmup_s', '-'))} | {r['step_s']} |")
+              f"{r.get('compile_s', r.get('warmup_s', '-'))} | {r['step_s']} | "
+              f"{r['case_wall_s']} |")
     ok = [r for r in rows if "error" not in r]
     for r in (r for r in ok if r["stack"] == "hafrm-jax"):
         key = (r["shape"], r["seq"])
@@ -378,11 +379,14 @@ def main():
             print(f"skipped (budget of {args.budget_s:.0f} s spent): {case.spec()}", flush=True)
             continue
         flag_set = dict(case.options).get("xla")
+        case_start = time.perf_counter()
         row, error = _spawn(passthrough + [f"--_one={case.spec()}",
                                            f"--_peak={info['peak_tflops']}"],
                             args.case_timeout_s, XLA_FLAG_SETS[flag_set] if flag_set else "")
         row = {**row, **base} if row else {**base, "error": error}
-        row.update(pairs=args.pairs, device=info["device"], peak_tflops=info["peak_tflops"])
+        # the whole case, process start to exit: what a time-boxed lease has to plan for
+        row.update(pairs=args.pairs, device=info["device"], peak_tflops=info["peak_tflops"],
+                   case_wall_s=round(time.perf_counter() - case_start, 1))
         if "tflops" in row and "mfu" not in row:  # PyTorch rows: the same measured peak
             row["mfu"] = round(row["tflops"] / info["peak_tflops"], 4)
         rows.append(row)
