@@ -17,11 +17,12 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from configs import default as default_recipe
 from hafrm_jax import distributed
 from hafrm_jax.train.loop import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file(  # the default found from any working directory
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py"), "Training recipe: a configs/*.py file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(  # the default by its own path: any working directory
+    "config", default_recipe.__file__, "Training recipe: a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints and metrics go; default: a new folder under runs/.")
 _COORDINATOR = flags.DEFINE_string(
