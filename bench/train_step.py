@@ -43,7 +43,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.trace_summary import find_trace, format_summary, load_events, summarize  # noqa: E402
-from hafrm_jax.model.config import PRESETS, REMAT_POLICIES, ModelConfig  # noqa: E402
+from hafrm_jax.model.config import (ATTENTION_IMPLS, PRESETS, REMAT_POLICIES,  # noqa: E402
+                                    ModelConfig)
 from hafrm_jax.objective import LossConfig, ObjectiveConfig  # noqa: E402
 from hafrm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh  # noqa: E402
 from hafrm_jax.train.optimizer import make_optimizer  # noqa: E402
@@ -167,7 +168,7 @@ XLA_FLAG_SETS = {
 # Per-case execution options of our step: `+remat=none+chunk=512` after a case overrides the
 # command line's --remat / --chunk / --attention / --unroll for that case alone; `+xla=name` runs
 # it under one of XLA_FLAG_SETS.
-CASE_OPTIONS = {"remat": REMAT_POLICIES, "chunk": None, "attention": ("xla", "cudnn"),
+CASE_OPTIONS = {"remat": REMAT_POLICIES, "chunk": None, "attention": ATTENTION_IMPLS,
                 "unroll": None, "xla": tuple(XLA_FLAG_SETS)}
 
 
@@ -256,7 +257,6 @@ def _spawn(argv: list[str], timeout: float, xla_flags: str = "") -> tuple[dict |
             return json.loads(line[len(_RESULT):]), ""
     last_lines = (out.stderr or out.stdout).strip().splitlines()
     return None, last_lines[-1][:300] if last_lines else f"exit status {out.returncode}"
-
 
 
 def _print_table(rows: list[dict], header: str) -> None:

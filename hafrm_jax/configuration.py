@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from hafrm_jax.model.config import REMAT_POLICIES, LoraConfig, ModelConfig, preset
+from hafrm_jax.model.config import (ATTENTION_IMPLS, REMAT_POLICIES, LoraConfig,
+                                    ModelConfig, preset)
 from hafrm_jax.objective import METHODS, LossConfig, ObjectiveConfig
 from hafrm_jax.sharding import DEFAULT_RULES
 
@@ -185,7 +186,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"model.remat={m.remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
     _require(m.scan_unroll >= 0,
              f"model.scan_unroll={m.scan_unroll} must be non-negative (0: every layer)")
-    _require(m.attention_impl in ("xla", "cudnn"),
+    _require(m.attention_impl in ATTENTION_IMPLS,
              f"model.attention_impl={m.attention_impl!r}: expected xla or cudnn")
     _require(m.lora.rank >= 0, "model.lora.rank must be non-negative")
     _require(0 <= m.lora.dropout < 1, "model.lora.dropout must be in [0, 1)")

@@ -7,7 +7,6 @@ import logging
 import os
 from typing import Any
 
-
 from hafrm_jax.hf import gguf
 from hafrm_jax.hf.config import load_hf_config, model_config_from_hf
 from hafrm_jax.hf.weights import load_params

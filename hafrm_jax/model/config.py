@@ -7,13 +7,14 @@ with `functools.partial` and used as a static Flax module attribute.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 import jax.numpy as jnp
 
 RematPolicy = Literal["none", "full", "dots", "dots_attention"]
-REMAT_POLICIES = ("none", "full", "dots", "dots_attention")
+REMAT_POLICIES = get_args(RematPolicy)
 AttentionImpl = Literal["xla", "cudnn"]
+ATTENTION_IMPLS = get_args(AttentionImpl)
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi")
 
 
