@@ -92,28 +92,43 @@ def peak_memory_gb() -> float | None:
     return None if peak is None else peak / 2**30
 
 
+def bench_optimizer(total_steps: int):
+    """AdamW with global-norm clipping at a constant rate: (optimizer, schedule)."""
+    optim = ml_collections.ConfigDict(dict(
+        learning_rate=1e-5, schedule="constant", warmup_steps=0, end_learning_rate_factor=1.0,
+        weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0))
+    return make_optimizer(optim, total_steps)
+
+
+def bench_batch(cfg: ModelConfig, pairs: int, seq: int) -> dict[str, np.ndarray]:
+    """Random tokens, no padding, the second half of each sequence the response (as in the
+    PyTorch anchor), and reference log-probs (precomputed in training)."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, cfg.vocab_size, size=(pairs, 2, seq), dtype=np.int32)
+    response = np.zeros((pairs, 2, seq), np.int32)
+    response[..., seq // 2:] = 1
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "response_mask": response,
+            "ref_logps": rng.normal(-seq / 2, 10, size=(pairs, 2)).astype(np.float32)}
+
+
+def step_function(cfg: ModelConfig, method: str, optimizer, schedule):
+    """The library's training step for `method`, jitted, the state's buffers donated."""
+    loss_config = LossConfig(cfg, ObjectiveConfig(method, alpha=0.2, beta=0.1))
+    return jax.jit(lambda s, b: train_step(s, b, None, None, loss_config=loss_config,
+                                           optimizer=optimizer, schedule=schedule,
+                                           grad_accum_steps=1), donate_argnums=0)
+
+
 def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
              peak_tflops: float, profile_dir: str | None = None, profile_steps: int = 3) -> dict:
     """One timed case; with profile_dir, `profile_steps` more steps run under the JAX profiler
     (after the timing, so it does not perturb it) and the row gets the trace's summary."""
     mesh = make_mesh()
-    optim = ml_collections.ConfigDict(dict(
-        learning_rate=1e-5, schedule="constant", warmup_steps=0, end_learning_rate_factor=1.0,
-        weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0))
-    optimizer, schedule = make_optimizer(optim, steps + 3 + profile_steps)
+    optimizer, schedule = bench_optimizer(steps + 3 + profile_steps)
     params, params_sh = init_params(cfg, 0, mesh, DEFAULT_RULES)
     state, state_sh = create_train_state(params, params_sh, optimizer, 0, mesh)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1, cfg.vocab_size, size=(pairs, 2, seq), dtype=np.int32)
-    response = np.zeros((pairs, 2, seq), np.int32)
-    response[..., seq // 2:] = 1  # second half is the response, as in the anchor
-    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "response_mask": response,
-             "ref_logps": rng.normal(-seq / 2, 10, size=(pairs, 2)).astype(np.float32)}
-    batch = jax.device_put(batch, batch_sharding(mesh, DEFAULT_RULES))
-    loss_config = LossConfig(cfg, ObjectiveConfig(method, alpha=0.2, beta=0.1))
-    fn = jax.jit(lambda s, b: train_step(s, b, None, None, loss_config=loss_config,
-                                         optimizer=optimizer, schedule=schedule,
-                                         grad_accum_steps=1), donate_argnums=0)
+    batch = jax.device_put(bench_batch(cfg, pairs, seq), batch_sharding(mesh, DEFAULT_RULES))
+    fn = step_function(cfg, method, optimizer, schedule)
     with jax.set_mesh(mesh):
         start = time.perf_counter()
         compiled = fn.lower(state, batch).compile()
@@ -216,16 +231,22 @@ class Case:
                              else "") + "".join(f" {n}={v}" for n, v in self.options)
 
 
+def case_model_config(case: Case, args) -> ModelConfig:
+    """The model config of one of our cases: the shape's preset with the command line's
+    execution options (--dtype, --remat, --chunk, --attention, --unroll), then the case's."""
+    options = {"remat": args.remat, "chunk": str(args.chunk), "attention": args.attention,
+               "unroll": str(args.unroll), **dict(case.options)}
+    return dataclasses.replace(PRESETS[case.shape], dtype=args.dtype, remat=options["remat"],
+                               attention_impl=options["attention"],
+                               logprob_chunk=int(options["chunk"]),
+                               scan_unroll=int(options["unroll"]))
+
+
 def _run_one(args, case: Case, peak: float) -> dict:
     """Body of a case's subprocess."""
     if case.stack == "torch":
         return run_torch(case.shape, case.method, args.pairs, case.seq, args.steps, case.compile)
-    options = {"remat": args.remat, "chunk": str(args.chunk), "attention": args.attention,
-               "unroll": str(args.unroll), **dict(case.options)}
-    cfg = dataclasses.replace(PRESETS[case.shape], dtype=args.dtype, remat=options["remat"],
-                              attention_impl=options["attention"],
-                              logprob_chunk=int(options["chunk"]),
-                              scan_unroll=int(options["unroll"]))
+    cfg = case_model_config(case, args)
     profile_dir = None
     if args.profile:
         profile_dir = os.path.join(os.path.abspath(args.profile),

@@ -125,3 +125,72 @@ def test_fused_attention_calls_are_counted_from_the_compiled_text():
         'custom_call_target="__cudnn$fmhaSoftmaxBackward"',
         '  %d = bf16[8] custom-call(%x), custom_call_target="__cublas$gemm"'])
     assert fused_attention_calls(hlo) == {"forward": 2, "backward": 1}
+
+
+def test_roofline_counts_loop_iterations_and_matmul_flops():
+    """A matmul in a 5-trip loop, compiled on CPU: one kernel launched 5 times, 2 n^3 FLOPs."""
+    import jax
+    import jax.numpy as jnp
+
+    from bench.hlo_roofline import format_roofline, program_kernels
+
+    step = jax.jit(lambda a, b: jax.lax.fori_loop(0, 5, lambda i, x: jnp.tanh(x @ b), a))
+    x = jnp.ones((64, 64), jnp.float32)
+    kernels = program_kernels(step.lower(x, x).compile().as_text())
+    matmuls = [k for k in kernels if k.category == "matmul"]
+    assert [(k.calls, k.flops) for k in matmuls] == [(5, 2 * 64 ** 3)]
+    table = format_roofline(kernels, bandwidth=1e12, peak_flops=1e12)
+    assert "| matmul | 1 | 5 |" in table
+
+
+def test_roofline_counts_slices_and_in_place_updates_not_whole_buffers():
+    from bench.hlo_roofline import array_bytes, program_kernels
+
+    assert array_bytes("(f32[2,3]{1,0}, bf16[4]{0}, s32[])") == 24 + 8 + 4
+    text = """HloModule m
+
+%fused_slice (param_0: f32[1000,10], param_1: s32[]) -> f32[1,10] {
+  %param_0 = f32[1000,10]{1,0} parameter(0)
+  %param_1 = s32[] parameter(1)
+  %bitcast = f32[1000,10]{1,0} bitcast(%param_0)
+  %zero = s32[] constant(0)
+  ROOT %ds = f32[1,10]{1,0} dynamic-slice(%bitcast, %param_1, %zero), dynamic_slice_sizes={1,10}
+}
+
+%fused_update (param_0.1: f32[1000,10], param_1.1: f32[1,10], param_2.1: s32[]) -> f32[1000,10] {
+  %param_1.1 = f32[1,10]{1,0} parameter(1)
+  %param_0.1 = f32[1000,10]{1,0} parameter(0)
+  %param_2.1 = s32[] parameter(2)
+  %zero.1 = s32[] constant(0)
+  ROOT %dus = f32[1000,10]{1,0} dynamic-update-slice(%param_0.1, %param_1.1, %param_2.1, %zero.1)
+}
+
+ENTRY %main (p0: f32[1000,10], p1: s32[]) -> f32[1000,10] {
+  %p0 = f32[1000,10]{1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %sliced = f32[1,10]{1,0} fusion(%p0, %p1), kind=kLoop, calls=%fused_slice
+  ROOT %updated = f32[1000,10]{1,0} fusion(%p0, %sliced, %p1), kind=kLoop, calls=%fused_update
+}
+"""
+    kernels = {k.name: k for k in program_kernels(text)}
+    assert kernels["sliced"].bytes == 40 + 40 + 4  # result, the slice read, the index
+    assert kernels["updated"].bytes == 40 + 40 + 4  # update written and read, the index
+
+
+def test_gpu_compile_builds_the_step_from_shapes_alone():
+    """bench/gpu_compile.py's compile path (abstract state and batch, the bench's own step),
+    here on the CPU mesh; the CUDA target itself needs the jax-cuda plugin."""
+    import argparse
+
+    from bench.gpu_compile import compile_case
+    from bench.hlo_roofline import program_kernels
+    from bench.train_step import Case
+    from hafrm_jax.sharding import make_mesh
+
+    args = argparse.Namespace(pairs=2, steps=3, dtype="float32", remat="none",
+                              attention="xla", chunk=16, unroll=0)
+    cfg, compiled = compile_case(Case.parse("tiny:haf:64+chunk=8"), args, make_mesh())
+    assert (cfg.logprob_chunk, cfg.scan_unroll) == (8, 0)
+    assert compiled.memory_analysis().peak_memory_in_bytes > 0
+    kernels = program_kernels(compiled.as_text(), unknown_trips=2)
+    assert sum(k.flops * k.calls for k in kernels) > 0
