@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
 from tqdm.auto import tqdm
 
 from hafrm_jax import configuration, reference
@@ -201,6 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     jitted = jax.jit(step, in_shardings=(state_sh, batch_sh, ref_sh, frozen_sh),
                      out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
     step_fn = lambda state, batch: jitted(state, batch, ref_params, frozen)
+    param_norm = jax.jit(optax.global_norm)  # of the trained params, at log steps only
     score_fn = make_score_fn(loss_config.model, mesh, rules, with_rewards=objective.uses_rewards,
                              with_logprobs=objective.uses_policy)
     primary = "implicit" if objective.method == "dpo" else "reward"
@@ -238,6 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 pending = []
                 now = time.time()
                 logged["perf/tokens_per_s"] = tokens * jax.process_count() / (now - clock)
+                logged["train/optim/param_norm"] = float(param_norm(state.params))
                 tokens, clock = 0, now
                 writer.write(step, logged)
                 bar.set_postfix(loss=f"{logged['train/loss']:.4f}",

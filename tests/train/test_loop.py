@@ -43,6 +43,10 @@ def test_workdir_contents(tmp_path):
     assert [r["step"] for r in train_rows] == [2, 4, 6, 8, 10, 12]
     assert [r["step"] for r in eval_rows] == [4, 8, 12]
     assert all(np.isfinite(r["train/loss"]) for r in train_rows)
+    # the params' norm is logged at each log step (outside the step); training moves it
+    norms = [r["train/optim/param_norm"] for r in train_rows]
+    assert all(n > 0 for n in norms) and len(set(norms)) == len(norms)
+    assert all(r["train/optim/grad_norm"] > 0 for r in train_rows)
     assert any("test/accuracy" in r for r in rows)
     assert os.listdir(tmp_path / "tensorboard")
     assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
