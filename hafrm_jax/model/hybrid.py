@@ -60,11 +60,13 @@ class HybridRewardModel(nn.Module):
             kernel_init=zeros_init(("embed", None)),
         )
 
-    def lm_head_params(self) -> tuple[jax.Array, jax.Array | None]:
-        """The policy head: matrix [hidden, vocab] and optional bias [vocab]."""
+    def lm_head_params(self) -> tuple[jax.Array, jax.Array | None, bool]:
+        """The policy head: (matrix, optional bias [vocab], vocab_major). The matrix is the
+        untied head's kernel [hidden, vocab], or the tied input embedding as stored,
+        [vocab, hidden] (vocab_major): transposing it would copy the table every step."""
         if self.config.tie_embeddings:
-            return self.backbone.output_embedding().T, None
-        return self.lm_head()
+            return self.backbone.output_embedding(), None, True
+        return (*self.lm_head(), False)
 
     def __call__(
         self,
@@ -83,17 +85,17 @@ class HybridRewardModel(nn.Module):
         if with_logprobs or self.is_initializing():
             if response_mask is None:
                 raise ValueError("response_mask is required for log-probs")
-            weight, bias = self.lm_head_params()
+            weight, bias, vocab_major = self.lm_head_params()
             logprobs = sequence_logprobs(hidden, weight, input_ids, response_mask,
                                          self.config.logprob_chunk, bias,
-                                         self.config.final_logit_softcap)
+                                         self.config.final_logit_softcap, vocab_major)
         return HybridOutput(rewards, logprobs)
 
     def logits(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """Full LM logits [batch, seq, vocab] in float32: for parity checks and small inputs only."""
         hidden = self.backbone(input_ids, attention_mask)
-        weight, bias = self.lm_head_params()
-        return lm_logits(hidden, weight, bias, self.config.final_logit_softcap)
+        weight, bias, vocab_major = self.lm_head_params()
+        return lm_logits(hidden, weight, bias, self.config.final_logit_softcap, vocab_major)
 
     def rewards(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """Reward-head scores [batch] of whole sequences (no response mask needed)."""

@@ -43,14 +43,17 @@ def next_token_targets(input_ids: jax.Array, response_mask: jax.Array):
 
 
 def lm_logits(hidden: jax.Array, lm_weight: jax.Array, lm_bias: jax.Array | None = None,
-              softcap: float | None = None) -> jax.Array:
+              softcap: float | None = None, vocab_major: bool = False) -> jax.Array:
     """float32 logits [..., vocab] = hidden @ weight (+ bias), optionally soft-capped (Gemma-2).
 
+    lm_weight is [hidden, vocab], or [vocab, hidden] with `vocab_major` (a tied input embedding,
+    used as stored: a transposed copy of it would cost a pass over the table each step).
     Computed in hidden's dtype; the backward matmuls too (`einsum_f32`), with float32
     accumulation, and lm_weight (a float32 master weight, say) gets a gradient of its own dtype.
     """
     rows = hidden.reshape(-1, hidden.shape[-1])  # [positions, hidden]
-    logits = einsum_f32("nd,dv->nv", rows, lm_weight).reshape(*hidden.shape[:-1], -1)
+    spec = "nd,vd->nv" if vocab_major else "nd,dv->nv"
+    logits = einsum_f32(spec, rows, lm_weight).reshape(*hidden.shape[:-1], -1)
     if lm_bias is not None:
         logits = logits + lm_bias.astype(jnp.float32)
     if softcap is not None:
@@ -66,6 +69,7 @@ def sequence_logprobs(
     chunk_size: int,
     lm_bias: jax.Array | None = None,
     softcap: float | None = None,
+    vocab_major: bool = False,
 ) -> jax.Array:
     """Sum of response-token log-probs [batch] under the LM head, in float32.
 
@@ -76,7 +80,8 @@ def sequence_logprobs(
 
     Args:
       hidden: final hidden states [batch, seq, hidden] (compute dtype).
-      lm_weight: LM-head matrix [hidden, vocab]; lm_bias [vocab] where the head has one.
+      lm_weight: LM-head matrix [hidden, vocab], or [vocab, hidden] with `vocab_major` (a tied
+        input embedding); lm_bias [vocab] where the head has one.
       input_ids: [batch, seq] token ids.
       response_mask: [batch, seq], 1 at response tokens (EOS included).
       chunk_size: positions per chunk. Peak logits memory is batch*chunk*vocab floats.
@@ -100,18 +105,44 @@ def sequence_logprobs(
 
     scored = jnp.max(jnp.sum(weights != 0, axis=-1))
     active_chunks = (scored + chunk_size - 1) // chunk_size  # chunks holding a scored position
-    return _chunked_logprobs(softcap, to_chunks(hidden), lm_weight, lm_bias, to_chunks(targets),
-                             to_chunks(weights), active_chunks)
+    return _chunked_logprobs((softcap, vocab_major), to_chunks(hidden), lm_weight, lm_bias,
+                             to_chunks(targets), to_chunks(weights), active_chunks)
 
 
-def _chunked_forward(softcap, hidden, weight, bias, targets, weights, active_chunks):
+def max_and_sum_exp(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(m, s) over the last axis with logsumexp = m + log(s): m the max, s = sum(exp(x - m)),
+    in ONE read of `logits` (a variadic reduction carrying both, rescaling s as m grows).
+
+    `jax.nn.logsumexp` reads its input twice, once for the max and once for the exponentials,
+    and the LM head's [batch, chunk, vocab] float32 logits are the largest array of the step.
+    """
+    def combine(a, b):
+        (m_a, s_a), (m_b, s_b) = a, b
+        m = jnp.maximum(m_a, m_b)
+        # exp of (smaller max - larger max) rescales the smaller side's sum; equal maxima
+        # (-inf included, where the difference is NaN) add as they are
+        low_m, low_s = jnp.where(m_a < m_b, m_a, m_b), jnp.where(m_a < m_b, s_a, s_b)
+        high_s = jnp.where(m_a < m_b, s_b, s_a)
+        scaled = jnp.where(low_m == m, low_s, low_s * jnp.exp(low_m - m))
+        return m, high_s + scaled
+
+    return jax.lax.reduce((logits, jnp.ones_like(logits)),
+                          (jnp.array(-jnp.inf, logits.dtype), jnp.array(0, logits.dtype)),
+                          combine, (logits.ndim - 1,))
+
+
+def _chunked_forward(static, hidden, weight, bias, targets, weights, active_chunks):
     """Summed log-probs [batch] and each position's log-normaliser [chunks, batch, chunk]."""
+    softcap, vocab_major = static
     _, batch, chunk, _ = hidden.shape
+    # cast once, outside the loop (inside it, XLA converted the whole matrix every chunk)
+    compute_weight = weight.astype(hidden.dtype)
 
     def body(c, carry):
         total, lse = carry
-        logits = lm_logits(hidden[c], weight, bias, softcap)  # [batch, chunk, vocab] float32
-        chunk_lse = jax.nn.logsumexp(logits, axis=-1)
+        logits = lm_logits(hidden[c], compute_weight, bias, softcap, vocab_major)  # [b, k, vocab]
+        chunk_max, chunk_sum = max_and_sum_exp(logits)
+        chunk_lse = chunk_max + jnp.log(chunk_sum)
         target = jnp.take_along_axis(logits, targets[c][..., None], axis=-1)[..., 0]
         total = total + jnp.sum((target - chunk_lse) * weights[c], axis=-1)
         return total, jax.lax.dynamic_update_index_in_dim(lse, chunk_lse, c, 0)
@@ -121,30 +152,35 @@ def _chunked_forward(softcap, hidden, weight, bias, targets, weights, active_chu
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _chunked_logprobs(softcap, hidden, weight, bias, targets, weights, active_chunks):
+def _chunked_logprobs(static, hidden, weight, bias, targets, weights, active_chunks):
     """hidden [chunks, batch, chunk, hidden] -> summed log-probs [batch], computing only the
     first `active_chunks` chunks (a traced count: a loop of dynamic length, so no shape changes).
+    static = (softcap, vocab_major).
 
     A custom VJP because the backward pass needs neither the forward's logits nor autodiff of
     its log-softmax: it recomputes a chunk's logits once, and d_logits is
     g * weight * (onehot(target) - softmax), from the stored log-normalisers.
     """
-    return _chunked_forward(softcap, hidden, weight, bias, targets, weights, active_chunks)[0]
+    return _chunked_forward(static, hidden, weight, bias, targets, weights, active_chunks)[0]
 
 
-def _chunked_logprobs_fwd(softcap, hidden, weight, bias, targets, weights, active_chunks):
-    total, lse = _chunked_forward(softcap, hidden, weight, bias, targets, weights, active_chunks)
+def _chunked_logprobs_fwd(static, hidden, weight, bias, targets, weights, active_chunks):
+    total, lse = _chunked_forward(static, hidden, weight, bias, targets, weights, active_chunks)
     return total, (hidden, weight, bias, targets, weights, active_chunks, lse)
 
 
-def _chunked_logprobs_bwd(softcap, residuals, g):
+def _chunked_logprobs_bwd(static, residuals, g):
+    softcap, vocab_major = static
     hidden, weight, bias, targets, weights, active_chunks, lse = residuals
-    vocab = weight.shape[-1]
+    vocab = weight.shape[0 if vocab_major else -1]
     compute_weight = weight.astype(hidden.dtype)
+    # d_hidden = d_logits @ weight^T and d_weight = hidden^T @ d_logits, in weight's layout
+    d_hidden_spec, d_weight_spec = (("bkv,vd->bkd", "bkv,bkd->vd") if vocab_major
+                                    else ("bkv,dv->bkd", "bkd,bkv->dv"))
 
     def body(c, carry):
         d_hidden, d_weight, d_bias = carry
-        logits = lm_logits(hidden[c], compute_weight, bias, softcap)
+        logits = lm_logits(hidden[c], compute_weight, bias, softcap, vocab_major)
         probs = jnp.exp(logits - lse[c][..., None])  # [batch, chunk, vocab] float32
         coef = (g[:, None] * weights[c])[..., None]  # d total / d log-prob, per position
         is_target = jnp.arange(vocab) == targets[c][..., None]
@@ -154,9 +190,10 @@ def _chunked_logprobs_bwd(softcap, residuals, g):
         if d_bias is not None:
             d_bias = d_bias + jnp.sum(d_logits, axis=(0, 1))
         d_logits = d_logits.astype(hidden.dtype)  # bf16 operands, float32 accumulation
-        d_h = jnp.einsum("bkv,dv->bkd", d_logits, compute_weight,
+        d_h = jnp.einsum(d_hidden_spec, d_logits, compute_weight,
                          preferred_element_type=jnp.float32)
-        d_weight = d_weight + jnp.einsum("bkd,bkv->dv", hidden[c], d_logits,
+        operands = (d_logits, hidden[c]) if vocab_major else (hidden[c], d_logits)
+        d_weight = d_weight + jnp.einsum(d_weight_spec, *operands,
                                          preferred_element_type=jnp.float32)
         # lax's dynamic update, not `.at[c].set`: with the latter XLA copied the whole bf16
         # d_hidden buffer in every iteration (seen in the compiled HLO)

@@ -7,7 +7,8 @@ import pytest
 
 from tests.helpers import dot_operand_types
 
-from hafrm_jax.model.readout import gather_last_token, last_token_index, sequence_logprobs
+from hafrm_jax.model.readout import (gather_last_token, last_token_index, max_and_sum_exp,
+                                     sequence_logprobs)
 
 
 def naive_logprobs(hidden, weight, ids, response_mask):
@@ -143,7 +144,7 @@ def test_bf16_backward_runs_bf16_matmuls_and_stays_close():
 
     grad = jax.grad(total, (0, 1))
     dots = dot_operand_types(grad, jnp.asarray(hidden, jnp.bfloat16), jnp.asarray(weight))
-    assert len(dots) >= 3  # (recomputed) forward, d_hidden, d_weight
+    assert len(dots) == 4  # forward, recomputed forward, d_hidden, d_weight
     assert all(t.endswith("bf16>") for pair in dots for t in pair), dots
 
     low = grad(jnp.asarray(hidden, jnp.bfloat16), jnp.asarray(weight))
@@ -182,3 +183,78 @@ def test_chunk_loops_write_their_buffers_in_place():
     copies = [line for line in text.splitlines()
               if re.search(r"= \S+ copy\(", line) and buffer in line]
     assert not copies, copies
+
+
+def test_max_and_sum_exp_is_logsumexp_in_one_reduction():
+    """The one-pass (max, sum of exponentials) pair gives logsumexp, with -inf entries, whole
+    rows of -inf and large logits, and the compiled program reduces the logits once."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(scale=30.0, size=(4, 7, 300)).astype(np.float32)
+    logits[0, 0, :5] = -np.inf
+    logits[1, 2, :] = -np.inf
+    logits[2, 3, 7] = 1e4
+    m, s = max_and_sum_exp(jnp.asarray(logits))
+    np.testing.assert_allclose(m + jnp.log(s), jax.nn.logsumexp(jnp.asarray(logits), axis=-1),
+                               rtol=1e-6)
+    text = jax.jit(max_and_sum_exp).lower(jnp.asarray(logits)).as_text()
+    assert text.count("stablehlo.reduce") == 1, text
+
+
+def _random_head_inputs(seed, batch, seq, dim, vocab, prompt, dtype=jnp.float32):
+    """hidden [batch, seq, dim] in `dtype`, a float32 weight [dim, vocab], token ids, and a
+    response mask of every position from `prompt` on."""
+    rng = np.random.default_rng(seed)
+    hidden = jnp.asarray(rng.normal(size=(batch, seq, dim)), dtype)
+    weight = jnp.asarray(rng.normal(size=(dim, vocab)), jnp.float32)
+    ids = jnp.asarray(rng.integers(0, vocab, size=(batch, seq)), jnp.int32)
+    response = jnp.asarray((np.arange(seq) >= prompt)[None].repeat(batch, 0), jnp.int32)
+    return hidden, weight, ids, response
+
+
+def test_vocab_major_weight_is_the_transposed_head():
+    """A tied embedding [vocab, hidden] passed as stored (vocab_major) gives the same log-probs
+    as its transpose, and its gradient is the transpose of the [hidden, vocab] one."""
+    hidden, weight, ids, response = _random_head_inputs(5, 2, 12, 6, 40, prompt=5)
+
+    def total(h, w, vocab_major):
+        return jnp.sum(sequence_logprobs(h, w, ids, response, 4, vocab_major=vocab_major))
+
+    plain = jax.value_and_grad(total, (0, 1))(hidden, weight, False)
+    major = jax.value_and_grad(total, (0, 1))(hidden, weight.T, True)
+    np.testing.assert_allclose(major[0], plain[0], rtol=1e-6)
+    np.testing.assert_allclose(major[1][0], plain[1][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(major[1][1], plain[1][1].T, rtol=1e-5, atol=1e-6)
+
+
+def _equations(jaxpr, inside_loop=False):
+    """(equation, inside a loop body) for every equation of a jaxpr and its sub-jaxprs."""
+    for eqn in jaxpr.eqns:
+        yield eqn, inside_loop
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    yield from _equations(sub, inside_loop or eqn.primitive.name == "while")
+
+
+def test_tied_head_is_cast_once_per_pass_and_never_transposed():
+    """The tied embedding [vocab, hidden] (float32 master) reaches the LM-head matmuls as
+    stored: cast to the compute dtype once in the forward pass and once in the backward pass,
+    outside the chunk loops, and never transposed (each was a pass over the whole table per
+    chunk or per step on the H100)."""
+    dim, vocab = 8, 64
+    hidden, weight, ids, response = _random_head_inputs(8, 2, 16, dim, vocab, prompt=4,
+                                                        dtype=jnp.bfloat16)
+    embedding = weight.T  # [vocab, hidden], as the tied table is stored
+    grad = jax.grad(lambda h, w: jnp.sum(sequence_logprobs(h, w, ids, response, 4,
+                                                           vocab_major=True)), (0, 1))
+    table = {(vocab, dim), (dim, vocab)}
+    casts, transposes = [], []
+    for eqn, in_loop in _equations(jax.make_jaxpr(grad)(hidden, embedding).jaxpr):
+        shapes = {tuple(v.aval.shape) for v in eqn.invars if hasattr(v, "aval")}
+        if eqn.primitive.name == "convert_element_type" and shapes & table:
+            casts.append(in_loop)
+        if eqn.primitive.name == "transpose" and shapes & table:
+            transposes.append(eqn)
+    assert casts == [False, False], casts
+    assert not transposes, transposes
