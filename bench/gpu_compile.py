@@ -38,7 +38,7 @@ from jax.experimental import topologies  # noqa: E402
 
 from bench.hlo_roofline import format_roofline, program_kernels  # noqa: E402
 from bench.train_step import (Case, bench_batch, bench_optimizer, case_model_config,  # noqa: E402
-                              step_function)
+                              logprob_loop_trips, step_function)
 from hafrm_jax.sharding import DEFAULT_RULES, MESH_AXES, batch_sharding  # noqa: E402
 from hafrm_jax.train.state import (abstract_params, abstract_train_state,  # noqa: E402
                                    param_shardings, state_shardings)
@@ -126,15 +126,13 @@ def main():
         cfg, compiled = compile_case(case, args, mesh)
         seconds = time.perf_counter() - start
         memory = compiled.memory_analysis()
-        # the log-prob loops run once per chunk holding a response token (the second half)
-        trips = -(-(case.seq - case.seq // 2) // cfg.logprob_chunk)
         text = compiled.as_text()
         if args.hlo_dir:
             os.makedirs(args.hlo_dir, exist_ok=True)
             name = "".join(c if c.isalnum() or c in ".-" else "_" for c in case.spec())
             with open(os.path.join(args.hlo_dir, name + ".hlo"), "w") as f:
                 f.write(text)
-        kernels = program_kernels(text, unknown_trips=trips)
+        kernels = program_kernels(text, unknown_trips=logprob_loop_trips(cfg, case.seq))
         bandwidth, peak = args.bandwidth_tb_s * 1e12, args.peak_tflops * 1e12
         bound = sum(k.seconds(bandwidth, peak) for k in kernels)
         rows.append((case, memory.peak_memory_in_bytes / 2**30, bound, seconds))

@@ -252,6 +252,40 @@ def format_roofline(kernels: list[Kernel], bandwidth: float, peak_flops: float,
     return "\n".join(lines)
 
 
+def match_profile(kernels: list[Kernel], timelines: list[dict[str, float]]) -> dict[str, float]:
+    """{kernel name: measured ms per step} from the profiled timeline whose op names match the
+    most of the program's kernels (a GPU kernel is named after its instruction with `_N` for
+    `.N`; CPU events carry the instruction's name)."""
+    names = {k.name for k in kernels}
+    best: dict[str, float] = {}
+    for ops in timelines:
+        matched: dict[str, float] = {}
+        for op, ms in ops.items():
+            name = op if op in names else re.sub(r"_(\d+)$", r".\1", op)
+            if name in names:
+                matched[name] = matched.get(name, 0.0) + ms
+        if sum(matched.values()) > sum(best.values()):
+            best = matched
+    return best
+
+
+def format_against_profile(kernels: list[Kernel], measured: dict[str, float], bandwidth: float,
+                           peak_flops: float, top: int = 12) -> str:
+    """Markdown: the kernels that lose the most time against their roofline bound."""
+    by_name = {k.name: k for k in kernels}
+    rows = sorted(((name, ms, by_name[name].seconds(bandwidth, peak_flops) * 1e3)
+                   for name, ms in measured.items()), key=lambda r: r[2] - r[1])
+    total, bound = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    lines = [f"{len(rows)} of {len(kernels)} kernels matched in the profile: {total:.2f} ms a "
+             f"step measured, {bound:.2f} ms bound ({bound / total if total else 0:.0%})", "",
+             "| kernel | category | measured ms | bound ms | lost ms | of bound |",
+             "|---|---|---|---|---|---|"]
+    for name, ms, bound_ms in rows[:top]:
+        lines.append(f"| `{name}` | {by_name[name].category} | {ms:.3f} | {bound_ms:.3f} | "
+                     f"{ms - bound_ms:.3f} | {bound_ms / ms if ms else 0:.0%} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("program", help="optimized HLO text of a compiled program")

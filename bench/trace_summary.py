@@ -101,6 +101,22 @@ def summarize(events: list[dict], steps: int = 1, top: int = 15) -> list[dict]:
     return sorted(out, key=lambda t: -t["busy_ms_per_step"])
 
 
+def timeline_op_ms(events: list[dict], steps: int = 1) -> list[dict[str, float]]:
+    """Per timeline of the device processes (the host's where there is no device): every op's
+    ms per step, by name; a kernel whose event names its HLO op (the `hlo_op` argument) is
+    counted under that op, so that a library GEMM can be matched to its instruction."""
+    processes = {e["pid"]: e["args"]["name"] for e in events
+                 if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
+    keep = device_pids or set(processes) or {e.get("pid") for e in events}
+    totals: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in keep and "dur" in e:
+            name = (e.get("args") or {}).get("hlo_op") or e.get("name", "?")
+            totals[(e["pid"], e.get("tid"))][name] += float(e["dur"]) / 1e3 / steps
+    return [dict(by_name) for by_name in totals.values()]
+
+
 def format_summary(timelines: list[dict], max_timelines: int = 4, width: int = 90) -> str:
     """Markdown tables of the busiest timelines."""
     lines = []

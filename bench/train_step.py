@@ -7,7 +7,8 @@
 qwen2.5-1.5b:baseline:1024 --budget-s=300 --json=out.jsonl     # cases run in the order given
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024+chunk=512+unroll=1
   python bench/train_step.py --cases=qwen2.5-0.5b:baseline:1024+unroll=1+xla=cublas  # scan, cuBLAS
-  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024 --profile=/tmp/prof   # + busiest ops
+  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024 --profile=/tmp/prof   # + busiest ops,
+      # and the kernels furthest from their roofline bound (bench/hlo_roofline.py)
 
 Each case runs in a fresh subprocess, so peak device memory is the case's own and the JAX and
 PyTorch allocators never share a GPU; a case that fails (out of memory, say) is reported as an
@@ -42,7 +43,10 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.trace_summary import find_trace, format_summary, load_events, summarize  # noqa: E402
+from bench.hlo_roofline import (format_against_profile, match_profile,  # noqa: E402
+                                program_kernels)
+from bench.trace_summary import (find_trace, format_summary, load_events, summarize,  # noqa: E402
+                                 timeline_op_ms)
 from hafrm_jax.model.config import (ATTENTION_IMPLS, PRESETS, REMAT_POLICIES,  # noqa: E402
                                     ModelConfig)
 from hafrm_jax.objective import LossConfig, ObjectiveConfig  # noqa: E402
@@ -100,6 +104,16 @@ def bench_optimizer(total_steps: int):
     return make_optimizer(optim, total_steps)
 
 
+# Memory bandwidth for the roofline of a profiled case: an H100 SXM's (3.35 TB/s).
+BANDWIDTH_TB_S = 3.35
+
+
+def logprob_loop_trips(cfg: ModelConfig, seq: int) -> int:
+    """Iterations of the log-prob chunk loops on `bench_batch`: the chunks holding a response
+    token (the loops' trip count is dynamic, so the compiled program does not say)."""
+    return -(-(seq - seq // 2) // cfg.logprob_chunk)
+
+
 def bench_batch(cfg: ModelConfig, pairs: int, seq: int) -> dict[str, np.ndarray]:
     """Random tokens, no padding, the second half of each sequence the response (as in the
     PyTorch anchor), and reference log-probs (precomputed in training)."""
@@ -133,7 +147,8 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
         start = time.perf_counter()
         compiled = fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - start
-        attention_calls = fused_attention_calls(compiled.as_text())
+        program = compiled.as_text()
+        attention_calls = fused_attention_calls(program)
         for _ in range(2):  # warm-up
             state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
@@ -149,8 +164,17 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
                     for _ in range(profile_steps):
                         state, metrics = compiled(state, batch)
                     jax.block_until_ready(metrics)
-                timelines = summarize(load_events(find_trace(profile_dir)), profile_steps, top=12)
-                profile = dict(dir=profile_dir, steps=profile_steps, timelines=timelines[:4])
+                events = load_events(find_trace(profile_dir))
+                timelines = summarize(events, profile_steps, top=12)
+                # the profiled kernels against their roofline bounds in the compiled program
+                with open(os.path.join(profile_dir, "program.hlo"), "w") as f:
+                    f.write(program)
+                kernels = program_kernels(program, logprob_loop_trips(cfg, seq))
+                against = format_against_profile(
+                    kernels, match_profile(kernels, timeline_op_ms(events, profile_steps)),
+                    BANDWIDTH_TB_S * 1e12, peak_tflops * 1e12)
+                profile = dict(dir=profile_dir, steps=profile_steps, timelines=timelines[:4],
+                               against_bound=against)
             except Exception as e:  # noqa: BLE001  reported in the row, not raised
                 profile = dict(dir=profile_dir, error=f"{type(e).__name__}: {e}"[:300],
                                timelines=[])
@@ -415,7 +439,9 @@ def main():
         if "profile" in row:
             print(f"# profile of {case.spec()} ({row['profile']['dir']}):"
                   + (f" failed: {row['profile']['error']}" if "error" in row["profile"]
-                     else format_summary(row["profile"]["timelines"])), flush=True)
+                     else format_summary(row["profile"]["timelines"])
+                     + f"\n\n## against the roofline ({BANDWIDTH_TB_S} TB/s, measured "
+                     f"matmul peak)\n\n" + row["profile"]["against_bound"]), flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(row) + "\n")

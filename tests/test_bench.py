@@ -143,11 +143,8 @@ def test_roofline_counts_loop_iterations_and_matmul_flops():
     assert "| matmul | 1 | 5 |" in table
 
 
-def test_roofline_counts_slices_and_in_place_updates_not_whole_buffers():
-    from bench.hlo_roofline import array_bytes, program_kernels
-
-    assert array_bytes("(f32[2,3]{1,0}, bf16[4]{0}, s32[])") == 24 + 8 + 4
-    text = """HloModule m
+# Two fusions: one dynamic-slices a [1000, 10] buffer, the other updates it in place.
+SLICE_AND_UPDATE_HLO = """HloModule m
 
 %fused_slice (param_0: f32[1000,10], param_1: s32[]) -> f32[1,10] {
   %param_0 = f32[1000,10]{1,0} parameter(0)
@@ -168,13 +165,34 @@ def test_roofline_counts_slices_and_in_place_updates_not_whole_buffers():
 ENTRY %main (p0: f32[1000,10], p1: s32[]) -> f32[1000,10] {
   %p0 = f32[1000,10]{1,0} parameter(0)
   %p1 = s32[] parameter(1)
-  %sliced = f32[1,10]{1,0} fusion(%p0, %p1), kind=kLoop, calls=%fused_slice
-  ROOT %updated = f32[1000,10]{1,0} fusion(%p0, %sliced, %p1), kind=kLoop, calls=%fused_update
+  %sliced.2 = f32[1,10]{1,0} fusion(%p0, %p1), kind=kLoop, calls=%fused_slice
+  ROOT %updated.3 = f32[1000,10]{1,0} fusion(%p0, %sliced.2, %p1), kind=kLoop, calls=%fused_update
 }
 """
-    kernels = {k.name: k for k in program_kernels(text)}
-    assert kernels["sliced"].bytes == 40 + 40 + 4  # result, the slice read, the index
-    assert kernels["updated"].bytes == 40 + 40 + 4  # update written and read, the index
+
+
+def test_roofline_counts_slices_and_in_place_updates_not_whole_buffers():
+    from bench.hlo_roofline import array_bytes, program_kernels
+
+    assert array_bytes("(f32[2,3]{1,0}, bf16[4]{0}, s32[])") == 24 + 8 + 4
+    kernels = {k.name: k for k in program_kernels(SLICE_AND_UPDATE_HLO)}
+    assert kernels["sliced.2"].bytes == 40 + 40 + 4  # result, the slice read, the index
+    assert kernels["updated.3"].bytes == 40 + 40 + 4  # update written and read, the index
+
+
+def test_profile_is_matched_to_the_program_kernels():
+    """Profiled ops are matched to kernels by instruction name, GPU style (`name_N` for
+    `name.N`) or as is, from the timeline that matches the most; the table ranks lost time."""
+    from bench.hlo_roofline import format_against_profile, match_profile, program_kernels
+
+    kernels = program_kernels(SLICE_AND_UPDATE_HLO)
+    timelines = [{"sliced.2": 0.5}, {"sliced_2": 1.0, "updated_3": 2.0, "nvjet_gemm": 5.0}]
+    measured = match_profile(kernels, timelines)
+    assert measured == {"sliced.2": 1.0, "updated.3": 2.0}
+    table = format_against_profile(kernels, measured, bandwidth=1e9, peak_flops=1e12)
+    assert table.startswith("2 of 2 kernels matched in the profile: 3.00 ms a step measured")
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert rows[0].startswith("| `updated.3` |")  # the most time lost first
 
 
 def test_gpu_compile_builds_the_step_from_shapes_alone():
@@ -194,3 +212,29 @@ def test_gpu_compile_builds_the_step_from_shapes_alone():
     assert compiled.memory_analysis().peak_memory_in_bytes > 0
     kernels = program_kernels(compiled.as_text(), unknown_trips=2)
     assert sum(k.flops * k.calls for k in kernels) > 0
+
+
+def test_timeline_op_ms_names_kernels_by_their_hlo_op():
+    from bench.trace_summary import timeline_op_ms
+
+    events = [{"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/device:GPU:0"}}]
+    for step in range(2):
+        events += [{"ph": "X", "pid": 2, "tid": 7, "ts": step * 10, "dur": 3_000,
+                    "name": "nvjet_gemm", "args": {"hlo_op": "gemm_fusion_dot.4"}},
+                   {"ph": "X", "pid": 2, "tid": 7, "ts": step * 10 + 5, "dur": 500,
+                    "name": "loop_add_fusion_2"},
+                   {"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 9_000, "name": "python"}]
+    assert timeline_op_ms(events, steps=2) == [
+        {"gemm_fusion_dot.4": pytest.approx(3.0), "loop_add_fusion_2": pytest.approx(0.5)}]
+
+
+def test_a_profiled_case_saves_its_program_and_ranks_kernels_against_their_bound(tmp_path):
+    from bench.train_step import run_case
+
+    row = run_case(PRESETS["tiny"], "haf", pairs=2, seq=32, steps=1, peak_tflops=1.0,
+                   profile_dir=str(tmp_path), profile_steps=1)
+    assert "error" not in row["profile"], row["profile"]
+    assert (tmp_path / "program.hlo").read_text().startswith("HloModule")
+    against = row["profile"]["against_bound"]
+    matched = int(against.split(" of ")[0])
+    assert matched > 10 and "| kernel | category | measured ms |" in against
