@@ -62,6 +62,22 @@ def category(name: str) -> str:
     return "other"
 
 
+def _process_names(events: list[dict]) -> dict:
+    return {e["pid"]: e["args"]["name"] for e in events
+            if e.get("ph") == "M" and e.get("name") == "process_name"}
+
+
+def _timeline_events(events: list[dict]):
+    """((pid, tid), event) for every complete event ("X") of the device processes: the host's
+    where the trace has no device (a CPU run)."""
+    processes = _process_names(events)
+    device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
+    keep = device_pids or set(processes) or {e.get("pid") for e in events}
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in keep and "dur" in e:
+            yield (e["pid"], e.get("tid")), e
+
+
 def summarize(events: list[dict], steps: int = 1, top: int = 15) -> list[dict]:
     """Per timeline of the device processes: {"process", "thread", "busy_ms_per_step",
     "categories": {category: share}, "ops": [{"name", "ms_per_step", "calls_per_step",
@@ -70,19 +86,14 @@ def summarize(events: list[dict], steps: int = 1, top: int = 15) -> list[dict]:
     Complete events ("X") are summed by name; a timeline's busy time is the sum of its events'
     durations (nested events on one timeline would count twice; device timelines do not nest).
     """
-    processes = {e["pid"]: e["args"]["name"] for e in events
-                 if e.get("ph") == "M" and e.get("name") == "process_name"}
+    processes = _process_names(events)
     threads = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
                if e.get("ph") == "M" and e.get("name") == "thread_name"}
-    device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
-    keep = device_pids or set(processes) or {e.get("pid") for e in events}
     totals: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
     calls: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
-    for e in events:
-        if e.get("ph") == "X" and e.get("pid") in keep and "dur" in e:
-            line = (e["pid"], e.get("tid"))
-            totals[line][e.get("name", "?")] += float(e["dur"])
-            calls[line][e.get("name", "?")] += 1
+    for line, e in _timeline_events(events):
+        totals[line][e.get("name", "?")] += float(e["dur"])
+        calls[line][e.get("name", "?")] += 1
     out = []
     for line, by_name in totals.items():
         busy = sum(by_name.values())
@@ -105,15 +116,10 @@ def timeline_op_ms(events: list[dict], steps: int = 1) -> list[dict[str, float]]
     """Per timeline of the device processes (the host's where there is no device): every op's
     ms per step, by name; a kernel whose event names its HLO op (the `hlo_op` argument) is
     counted under that op, so that a library GEMM can be matched to its instruction."""
-    processes = {e["pid"]: e["args"]["name"] for e in events
-                 if e.get("ph") == "M" and e.get("name") == "process_name"}
-    device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
-    keep = device_pids or set(processes) or {e.get("pid") for e in events}
     totals: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
-    for e in events:
-        if e.get("ph") == "X" and e.get("pid") in keep and "dur" in e:
-            name = (e.get("args") or {}).get("hlo_op") or e.get("name", "?")
-            totals[(e["pid"], e.get("tid"))][name] += float(e["dur"]) / 1e3 / steps
+    for line, e in _timeline_events(events):
+        name = (e.get("args") or {}).get("hlo_op") or e.get("name", "?")
+        totals[line][name] += float(e["dur"]) / 1e3 / steps
     return [dict(by_name) for by_name in totals.values()]
 
 
