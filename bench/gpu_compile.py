@@ -36,9 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
-from bench.hlo_roofline import format_roofline, program_kernels  # noqa: E402
-from bench.train_step import (Case, bench_batch, bench_optimizer, case_model_config,  # noqa: E402
-                              logprob_loop_trips, step_function)
+from bench.hlo_roofline import (add_roofline_options, format_roofline,  # noqa: E402
+                                program_kernels)
+from bench.train_step import (Case, add_step_options, bench_batch, bench_optimizer,  # noqa: E402
+                              case_model_config, logprob_loop_trips, step_function)
 from hafrm_jax.sharding import DEFAULT_RULES, MESH_AXES, batch_sharding  # noqa: E402
 from hafrm_jax.train.state import (abstract_params, abstract_train_state,  # noqa: E402
                                    param_shardings, state_shardings)
@@ -95,21 +96,14 @@ def compile_case(case: Case, args, mesh: jax.sharding.Mesh):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", required=True, help="bench/train_step.py's, ours only")
-    parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--remat", default="none")
-    parser.add_argument("--attention", default="cudnn")
-    parser.add_argument("--chunk", type=int, default=128)
-    parser.add_argument("--unroll", type=int, default=0)
+    add_step_options(parser)
     parser.add_argument("--target-config", default=None,
                         help="file with a GpuTargetConfig in text form (default: an H100)")
-    parser.add_argument("--bandwidth-tb-s", type=float, default=3.35)
-    parser.add_argument("--peak-tflops", type=float, default=689.0,
-                        help="default: the H100 matmul peak measured in bench/RESULTS.md")
+    add_roofline_options(parser)
     parser.add_argument("--top", type=int, default=10, help="kernels listed per case")
     parser.add_argument("--hlo-dir", default=None, help="write each compiled program here")
     args = parser.parse_args()
+    args.attention = args.attention or "cudnn"  # the target is an NVIDIA GPU
 
     target = H100_TARGET
     if args.target_config:

@@ -286,12 +286,23 @@ def format_against_profile(kernels: list[Kernel], measured: dict[str, float], ba
     return "\n".join(lines)
 
 
+# An H100 SXM's memory bandwidth (spec) and bf16 matmul peak (measured, bench/RESULTS.md).
+H100_BANDWIDTH_TB_S = 3.35
+H100_PEAK_TFLOPS = 689.0
+
+
+def add_roofline_options(parser: argparse.ArgumentParser) -> None:
+    """--bandwidth-tb-s and --peak-tflops, the two rates of the bound (an H100's by default)."""
+    parser.add_argument("--bandwidth-tb-s", type=float, default=H100_BANDWIDTH_TB_S,
+                        help="memory bandwidth; default: an H100 SXM's")
+    parser.add_argument("--peak-tflops", type=float, default=H100_PEAK_TFLOPS,
+                        help="matmul peak; default: bench/RESULTS.md's measured H100 figure")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("program", help="optimized HLO text of a compiled program")
-    parser.add_argument("--bandwidth-tb-s", type=float, default=3.35, help="H100 SXM: 3.35")
-    parser.add_argument("--peak-tflops", type=float, default=689.0,
-                        help="matmul peak; default: bench/RESULTS.md's measured H100 figure")
+    add_roofline_options(parser)
     parser.add_argument("--unknown-trips", type=int, default=1)
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()

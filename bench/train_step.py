@@ -43,8 +43,8 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.hlo_roofline import (format_against_profile, match_profile,  # noqa: E402
-                                program_kernels)
+from bench.hlo_roofline import (H100_BANDWIDTH_TB_S, format_against_profile,  # noqa: E402
+                                match_profile, program_kernels)
 from bench.trace_summary import (find_trace, format_summary, load_events, summarize,  # noqa: E402
                                  timeline_op_ms)
 from hafrm_jax.model.config import (ATTENTION_IMPLS, PRESETS, REMAT_POLICIES,  # noqa: E402
@@ -102,10 +102,6 @@ def bench_optimizer(total_steps: int):
         learning_rate=1e-5, schedule="constant", warmup_steps=0, end_learning_rate_factor=1.0,
         weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0))
     return make_optimizer(optim, total_steps)
-
-
-# Memory bandwidth for the roofline of a profiled case: an H100 SXM's (3.35 TB/s).
-BANDWIDTH_TB_S = 3.35
 
 
 def logprob_loop_trips(cfg: ModelConfig, seq: int) -> int:
@@ -172,7 +168,7 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
                 kernels = program_kernels(program, logprob_loop_trips(cfg, seq))
                 against = format_against_profile(
                     kernels, match_profile(kernels, timeline_op_ms(events, profile_steps)),
-                    BANDWIDTH_TB_S * 1e12, peak_tflops * 1e12)
+                    H100_BANDWIDTH_TB_S * 1e12, peak_tflops * 1e12)
                 profile = dict(dir=profile_dir, steps=profile_steps, timelines=timelines[:4],
                                against_bound=against)
             except Exception as e:  # noqa: BLE001  reported in the row, not raised
@@ -336,16 +332,10 @@ def _print_table(rows: list[dict], header: str) -> None:
                       f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}x {t['label']} tokens/s")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(PRESETS))
-    parser.add_argument("--methods", default="haf,baseline")
+def add_step_options(parser: argparse.ArgumentParser) -> None:
+    """The step's batch and execution options that `case_model_config` reads (a case's own
+    `+option=value` overrides them); --attention defaults to None, for the caller to choose."""
     parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--seqs", default="1024")
-    parser.add_argument("--cases", default=None,
-                        help="comma-separated, run in this order instead of the grid of --shape "
-                             "x --methods x --seqs: shape:method:seq for our step, "
-                             "shape:method:seq:eager|compile for the PyTorch reference step")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--dtype", default="bfloat16")
     # Defaults: the fastest setting measured on an H100 (bench/RESULTS.md, round 3): every
@@ -356,6 +346,18 @@ def main():
     parser.add_argument("--chunk", type=int, default=128, help="log-prob chunk (positions)")
     parser.add_argument("--unroll", type=int, default=0,
                         help="layers per scan iteration (0: all, no loop)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(PRESETS))
+    parser.add_argument("--methods", default="haf,baseline")
+    parser.add_argument("--seqs", default="1024")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated, run in this order instead of the grid of --shape "
+                             "x --methods x --seqs: shape:method:seq for our step, "
+                             "shape:method:seq:eager|compile for the PyTorch reference step")
+    add_step_options(parser)
     parser.add_argument("--peak-size", type=int, default=8192, help="matmul size for the peak")
     parser.add_argument("--compare-torch", action="store_true",
                         help="also run the PyTorch reference step (eager and compiled) on every "
@@ -440,7 +442,7 @@ def main():
             print(f"# profile of {case.spec()} ({row['profile']['dir']}):"
                   + (f" failed: {row['profile']['error']}" if "error" in row["profile"]
                      else format_summary(row["profile"]["timelines"])
-                     + f"\n\n## against the roofline ({BANDWIDTH_TB_S} TB/s, measured "
+                     + f"\n\n## against the roofline ({H100_BANDWIDTH_TB_S} TB/s, measured "
                      f"matmul peak)\n\n" + row["profile"]["against_bound"]), flush=True)
         if args.json:
             with open(args.json, "a") as f:
