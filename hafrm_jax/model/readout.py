@@ -172,7 +172,6 @@ def _chunked_logprobs_fwd(static, hidden, weight, bias, targets, weights, active
 def _chunked_logprobs_bwd(static, residuals, g):
     softcap, vocab_major = static
     hidden, weight, bias, targets, weights, active_chunks, lse = residuals
-    vocab = weight.shape[0 if vocab_major else -1]
     compute_weight = weight.astype(hidden.dtype)
     # d_hidden = d_logits @ weight^T and d_weight = hidden^T @ d_logits, in weight's layout
     d_hidden_spec, d_weight_spec = (("bkv,vd->bkd", "bkv,bkd->vd") if vocab_major
@@ -183,7 +182,7 @@ def _chunked_logprobs_bwd(static, residuals, g):
         logits = lm_logits(hidden[c], compute_weight, bias, softcap, vocab_major)
         probs = jnp.exp(logits - lse[c][..., None])  # [batch, chunk, vocab] float32
         coef = (g[:, None] * weights[c])[..., None]  # d total / d log-prob, per position
-        is_target = jnp.arange(vocab) == targets[c][..., None]
+        is_target = jnp.arange(logits.shape[-1]) == targets[c][..., None]
         d_logits = coef * (is_target.astype(jnp.float32) - probs)
         if softcap is not None:
             d_logits = d_logits * (1 - jnp.square(logits / softcap))  # through tanh
