@@ -116,18 +116,19 @@ def _attention_flops(call: Instruction, shapes: dict[str, str]) -> float:
     return flops * (2.5 if "Backward" in call.attributes else 1.0)
 
 
-def _uses_through_bitcasts(name: str, users: dict) -> list[Instruction] | None:
-    """The instructions that read `name` (looking through bitcasts), or None where one reads
-    it other than as the array sliced (operand 0 of a slice, dynamic-slice or gather)."""
+def _sliced_reads(name: str, users: dict) -> list[int] | None:
+    """The elements read of `name` where every use of it (looking through bitcasts and element
+    type converts, which XLA computes per element) is as the array sliced (operand 0 of a
+    slice, dynamic-slice or gather): one entry per slice; None where any use reads it whole."""
     found = []
     for user in users.get(name, []):
-        if user.op == "bitcast":
-            deeper = _uses_through_bitcasts(user.name, users)
+        if user.op in ("bitcast", "convert"):
+            deeper = _sliced_reads(user.name, users)
             if deeper is None:
                 return None
             found += deeper
         elif user.op in _SLICING and user.operands[0] == name:
-            found.append(user)
+            found.append(math.prod(_dims(user.shape)))
         else:
             return None
     return found
@@ -154,11 +155,13 @@ def _fusion_bytes(call: Instruction, body: list[Instruction], shapes: dict[str, 
         param = params.get(position)
         if param in in_place:
             continue
-        uses = _uses_through_bitcasts(param, users)
-        if uses and all(u.op in _SLICING for u in uses):
-            total += sum(array_bytes(u.shape) for u in uses)
+        operand_shape = shapes.get(operand, "")
+        sliced = _sliced_reads(param, users)
+        dtype = _ARRAY.search(operand_shape)
+        if sliced and dtype:  # counted in the operand's own element type
+            total += sum(sliced) * DTYPE_BYTES[dtype.group(1)]
         else:
-            total += array_bytes(shapes.get(operand, ""))
+            total += array_bytes(operand_shape)
     return total
 
 

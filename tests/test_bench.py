@@ -171,6 +171,24 @@ ENTRY %main (p0: f32[1000,10], p1: s32[]) -> f32[1000,10] {
 """
 
 
+# One fusion casting a stacked f32 [24, 8, 16] weight to bf16 and slicing out one layer of it
+# (as a per-layer cast of stacked params compiles): only that layer is read, 8 x 16 f32.
+CONVERT_THEN_SLICE_HLO = """HloModule m
+
+%fused_cast_layer (param_0: f32[24,8,16]) -> bf16[8,16] {
+  %param_0 = f32[24,8,16]{2,1,0} parameter(0)
+  %convert = bf16[24,8,16]{2,1,0} convert(%param_0)
+  %slice = bf16[1,8,16]{2,1,0} slice(%convert), slice={[3:4], [0:8], [0:16]}
+  ROOT %bitcast = bf16[8,16]{1,0} bitcast(%slice)
+}
+
+ENTRY %main (p0: f32[24,8,16]) -> bf16[8,16] {
+  %p0 = f32[24,8,16]{2,1,0} parameter(0)
+  ROOT %layer.1 = bf16[8,16]{1,0} fusion(%p0), kind=kLoop, calls=%fused_cast_layer
+}
+"""
+
+
 def test_roofline_counts_slices_and_in_place_updates_not_whole_buffers():
     from bench.hlo_roofline import array_bytes, program_kernels
 
@@ -178,6 +196,8 @@ def test_roofline_counts_slices_and_in_place_updates_not_whole_buffers():
     kernels = {k.name: k for k in program_kernels(SLICE_AND_UPDATE_HLO)}
     assert kernels["sliced.2"].bytes == 40 + 40 + 4  # result, the slice read, the index
     assert kernels["updated.3"].bytes == 40 + 40 + 4  # update written and read, the index
+    (layer,) = program_kernels(CONVERT_THEN_SLICE_HLO)
+    assert layer.bytes == 8 * 16 * 2 + 8 * 16 * 4  # bf16 result, one f32 layer read
 
 
 def test_profile_is_matched_to_the_program_kernels():
