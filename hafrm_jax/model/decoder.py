@@ -175,6 +175,49 @@ class Attention(nn.Module):
                        "heads", "embed")
 
 
+class DenseParams(nn.Module):
+    """nn.Dense's parameters (the same names, initialisers and dtype) without its matmul, for
+    layers that multiply several kernels in one product. Returns (kernel, bias or None)."""
+
+    shape: tuple[int, int]  # [in, out]
+    axes: tuple[str, str]
+    use_bias: bool
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array | None]:
+        kernel = self.param("kernel", normal_init(self.axes), self.shape, self.param_dtype)
+        bias = (self.param("bias", zeros_init(self.axes[1:]), self.shape[1:], self.param_dtype)
+                if self.use_bias else None)
+        return kernel, bias
+
+
+def gate_up_projections(x: jax.Array, gate_kernel: jax.Array, up_kernel: jax.Array,
+                        gate_bias: jax.Array | None, up_bias: jax.Array | None,
+                        one_matmul: bool) -> tuple[jax.Array, jax.Array]:
+    """The gated MLP's two input projections x @ kernel (+ bias), [..., mlp] each, in x's dtype.
+
+    With `one_matmul` they are one product with the kernels stacked [embed, 2, mlp]: the
+    backward pass then forms both cotangents in ONE elementwise pass over [..., 2, mlp] (as two
+    passes they read the activation's inputs twice) and needs one matmul per gradient, not two.
+    Compiled for an H100 (bench/gpu_compile.py; bench/RESULTS.md, round 5) that takes 2.7 ms
+    off the 0.5B step's bound without remat and 5.8 ms off 1.5B's; under remat it adds 1.9 ms
+    (XLA then recomputes the activation in a pass of its own, where as two projections it fuses
+    that with the cotangents), so the decoder asks for it only when nothing is rematerialised.
+    """
+    dtype = x.dtype
+    if one_matmul:
+        kernel = jnp.stack([gate_kernel, up_kernel], axis=1).astype(dtype)  # [embed, 2, mlp]
+        both = jnp.einsum("...d,dkm->...km", x, kernel)  # [..., 2, mlp]
+        gate, up = both[..., 0, :], both[..., 1, :]
+    else:
+        gate, up = (jnp.einsum("...d,dm->...m", x, kernel.astype(dtype))
+                    for kernel in (gate_kernel, up_kernel))
+    if gate_bias is not None:
+        gate, up = gate + gate_bias.astype(dtype), up + up_bias.astype(dtype)
+    return gate, up
+
+
 class MLP(nn.Module):
     """Gated (down(act(gate(x)) * up(x))) or plain (fc2(act(fc1(x)))) feed-forward block."""
 
@@ -192,8 +235,15 @@ class MLP(nn.Module):
             return adapted(self, name, out, inputs, (inputs.shape[-1],), (features,), *axes)
 
         if cfg.mlp == "gated":
-            h = act(dense("gate_proj", x, cfg.intermediate_size, ("embed", "mlp"))) * dense(
-                "up_proj", x, cfg.intermediate_size, ("embed", "mlp"))
+            shape = (x.shape[-1], cfg.intermediate_size)
+            (gate_kernel, gate_bias), (up_kernel, up_bias) = (
+                DenseParams(shape, ("embed", "mlp"), cfg.mlp_bias, cfg.weight_dtype, name=name)()
+                for name in ("gate_proj", "up_proj"))
+            gate, up = gate_up_projections(x.astype(cfg.compute_dtype), gate_kernel, up_kernel,
+                                           gate_bias, up_bias, one_matmul=cfg.remat == "none")
+            gate, up = (adapted(self, name, out, x, shape[:1], shape[1:], "embed", "mlp")
+                        for name, out in (("gate_proj", gate), ("up_proj", up)))
+            h = act(gate) * up
             down = "down_proj"
         else:
             h = act(dense("fc1", x, cfg.intermediate_size, ("embed", "mlp")))

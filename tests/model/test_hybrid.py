@@ -124,8 +124,9 @@ def test_remat_is_the_same_function(tiny_config):
     for remat in ("full", "dots"):
         cfg = dataclasses.replace(tiny_config, remat=remat)
         got = jax.grad(lambda p: hybrid_loss(p, batch, LossConfig(cfg, objective))[0])(params)
+        # float32 rounding apart: without remat the gate and up projections are one matmul
         for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_rope_scaling():
