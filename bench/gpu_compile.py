@@ -13,7 +13,7 @@ optimizer and jitted step); the bench's defaults apply (--remat=none --unroll=0 
 cuDNN attention).
 
 What to trust: the peak is the compiler's own buffer assignment, which is what the device
-allocates for the program; it matched every H100 peak measured in bench/RESULTS.md to 0.1 GiB.
+allocates for the program; it matched every H100 peak measured in bench/RESULTS.md to 0.4 GiB.
 The roofline (bench/hlo_roofline.py) is a lower bound from bytes and FLOPs, not a timing:
 kernels that run far from it show up by comparing with a profile. Autotuning is off without
 a device, so GEMM kernel choices can differ from a real compile; fusion decisions do not
