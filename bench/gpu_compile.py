@@ -36,8 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
-from bench.hlo_roofline import (add_roofline_options, format_roofline,  # noqa: E402
-                                program_kernels)
+from bench.hlo_roofline import (add_roofline_options, bound_seconds,  # noqa: E402
+                                format_roofline, program_kernels)
 from bench.train_step import (Case, add_step_options, bench_batch, bench_optimizer,  # noqa: E402
                               case_model_config, logprob_loop_trips, step_function)
 from hafrm_jax.sharding import DEFAULT_RULES, MESH_AXES, batch_sharding  # noqa: E402
@@ -128,7 +128,7 @@ def main():
                 f.write(text)
         kernels = program_kernels(text, unknown_trips=logprob_loop_trips(cfg, case.seq))
         bandwidth, peak = args.bandwidth_tb_s * 1e12, args.peak_tflops * 1e12
-        bound = sum(k.seconds(bandwidth, peak) for k in kernels)
+        bound = bound_seconds(kernels, bandwidth, peak)
         rows.append((case, memory.peak_memory_in_bytes / 2**30, bound, seconds))
         print(f"# {case.spec()} on {device}: predicted peak {rows[-1][1]:.2f} GiB, "
               f"compiled in {seconds:.1f} s\n"

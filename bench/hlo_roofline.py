@@ -224,10 +224,15 @@ def program_kernels(text: str, unknown_trips: int = 1) -> list[Kernel]:
     return walk("ENTRY", 1)
 
 
+def bound_seconds(kernels: list[Kernel], bandwidth: float, peak_flops: float) -> float:
+    """The roofline bound of a run of these kernels: each kernel's bound, summed."""
+    return sum(k.seconds(bandwidth, peak_flops) for k in kernels)
+
+
 def format_roofline(kernels: list[Kernel], bandwidth: float, peak_flops: float,
                     top: int = 12) -> str:
     """Markdown: the bound by category, then the kernels with the largest bounds."""
-    total = sum(k.seconds(bandwidth, peak_flops) for k in kernels) or 1e-30
+    total = bound_seconds(kernels, bandwidth, peak_flops) or 1e-30
     moved = sum(k.bytes * k.calls for k in kernels)
     flops = sum(k.flops * k.calls for k in kernels)
     lines = [f"roofline bound {total * 1e3:.1f} ms a run: {moved / 1e9:.1f} GB moved, "
@@ -239,9 +244,8 @@ def format_roofline(kernels: list[Kernel], bandwidth: float, peak_flops: float,
     for k in kernels:
         by_category[k.category].append(k)
     for label, group in sorted(by_category.items(),
-                               key=lambda kv: -sum(k.seconds(bandwidth, peak_flops)
-                                                   for k in kv[1])):
-        seconds = sum(k.seconds(bandwidth, peak_flops) for k in group)
+                               key=lambda kv: -bound_seconds(kv[1], bandwidth, peak_flops)):
+        seconds = bound_seconds(group, bandwidth, peak_flops)
         lines.append(f"| {label} | {len(group)} | {sum(k.calls for k in group)} | "
                      f"{sum(k.bytes * k.calls for k in group) / 1e9:.2f} | "
                      f"{sum(k.flops * k.calls for k in group) / 1e12:.2f} | "

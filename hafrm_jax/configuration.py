@@ -187,7 +187,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(m.scan_unroll >= 0,
              f"model.scan_unroll={m.scan_unroll} must be non-negative (0: every layer)")
     _require(m.attention_impl in ATTENTION_IMPLS,
-             f"model.attention_impl={m.attention_impl!r}: expected xla or cudnn")
+             f"model.attention_impl={m.attention_impl!r}: expected one of "
+             f"{', '.join(ATTENTION_IMPLS)}")
     _require(m.lora.rank >= 0, "model.lora.rank must be non-negative")
     _require(0 <= m.lora.dropout < 1, "model.lora.dropout must be in [0, 1)")
     _require(m.lora.alpha > 0, "model.lora.alpha must be positive")
