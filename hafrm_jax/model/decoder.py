@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from hafrm_jax.model.config import ModelConfig, RopeScaling
 from hafrm_jax.model.lora import COLLECTION, adapted
-from hafrm_jax.model.matmul import einsum_f32
+from hafrm_jax.model.matmul import add_bias, einsum_f32
 
 _INIT_STD = 0.02  # Hugging Face's default `initializer_range`
 _QUERY_AXES = ("act_batch", "act_length", "act_heads", "act_head_dim")
@@ -135,16 +135,10 @@ class Attention(nn.Module):
         cfg = self.config
         hd = cfg.dim_per_head
 
-        def projection(name, heads, head_axis):
-            return nn.DenseGeneral(
-                features=(heads, hd), axis=-1, use_bias=cfg.qkv_bias, name=name,
-                kernel_init=normal_init(("embed", head_axis, "head_dim")),
-                bias_init=zeros_init((head_axis, "head_dim")),
-                dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-            )
-
         def project(name, heads, head_axis):
-            out = projection(name, heads, head_axis)(x)
+            kernel, bias = DenseParams((x.shape[-1], heads, hd), ("embed", head_axis, "head_dim"),
+                                       cfg.qkv_bias, cfg.weight_dtype, out_dims=2, name=name)()
+            out = linear(x.astype(cfg.compute_dtype), kernel, bias)
             return adapted(self, name, out, x, (x.shape[-1],), (heads, hd), "embed", head_axis)
 
         q = project("q_proj", cfg.num_heads, "heads")  # [batch, seq, heads, head_dim]
@@ -165,31 +159,43 @@ class Attention(nn.Module):
             out = dot_product_attention(q, k, v, mask, cfg.attention_scale,
                                         cfg.attn_logit_softcap)
         out = nn.with_logical_constraint(out, _QUERY_AXES)
-        projected = nn.DenseGeneral(
-            features=cfg.hidden_size, axis=(-2, -1), use_bias=cfg.attention_out_bias,
-            name="o_proj", kernel_init=normal_init(("heads", "head_dim", "embed")),
-            bias_init=zeros_init(("embed",)),
-            dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-        )(out)
+        kernel, bias = DenseParams((cfg.num_heads, hd, cfg.hidden_size),
+                                   ("heads", "head_dim", "embed"), cfg.attention_out_bias,
+                                   cfg.weight_dtype, name="o_proj")()
+        projected = linear(out.astype(cfg.compute_dtype), kernel, bias, in_dims=2)
         return adapted(self, "o_proj", projected, out, (cfg.num_heads, hd), (cfg.hidden_size,),
                        "heads", "embed")
 
 
 class DenseParams(nn.Module):
-    """nn.Dense's parameters (the same names, initialisers and dtype) without its matmul, for
-    layers that multiply several kernels in one product. Returns (kernel, bias or None)."""
+    """nn.Dense's / nn.DenseGeneral's parameters (the same names, shapes, initialisers and
+    dtype) without their product: the decoder applies them with `linear`, whose bias gradient
+    is summed in float32, or stacks two kernels into one product (the gated MLP).
+    Returns (kernel, bias or None)."""
 
-    shape: tuple[int, int]  # [in, out]
-    axes: tuple[str, str]
+    shape: tuple[int, ...]  # the kernel's: [*inputs, *outputs]
+    axes: tuple[str, ...]  # logical axis names of the kernel's dimensions
     use_bias: bool
     param_dtype: jnp.dtype
+    out_dims: int = 1  # trailing dimensions of the kernel that are outputs (the bias's shape)
 
     @nn.compact
     def __call__(self) -> tuple[jax.Array, jax.Array | None]:
         kernel = self.param("kernel", normal_init(self.axes), self.shape, self.param_dtype)
-        bias = (self.param("bias", zeros_init(self.axes[1:]), self.shape[1:], self.param_dtype)
-                if self.use_bias else None)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", zeros_init(self.axes[-self.out_dims:]),
+                              self.shape[-self.out_dims:], self.param_dtype)
         return kernel, bias
+
+
+def linear(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, in_dims: int = 1) -> jax.Array:
+    """x [..., *in] @ kernel [*in, *out] (+ bias [*out]) -> [..., *out] in x's dtype (the kernel
+    cast to it): nn.DenseGeneral's product, with the bias added by `add_bias` so that its
+    gradient is a float32 sum over batch and sequence, not a bf16 one."""
+    contracting = (tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(in_dims)))
+    y = jax.lax.dot_general(x, kernel.astype(x.dtype), (contracting, ((), ())))
+    return y if bias is None else add_bias(y, bias)
 
 
 def gate_up_projections(x: jax.Array, gate_kernel: jax.Array, up_kernel: jax.Array,
@@ -214,7 +220,7 @@ def gate_up_projections(x: jax.Array, gate_kernel: jax.Array, up_kernel: jax.Arr
         gate, up = (jnp.einsum("...d,dm->...m", x, kernel.astype(dtype))
                     for kernel in (gate_kernel, up_kernel))
     if gate_bias is not None:
-        gate, up = gate + gate_bias.astype(dtype), up + up_bias.astype(dtype)
+        gate, up = add_bias(gate, gate_bias), add_bias(up, up_bias)
     return gate, up
 
 
@@ -229,9 +235,9 @@ class MLP(nn.Module):
         act = activation(cfg.activation)
 
         def dense(name, inputs, features, axes):
-            out = nn.Dense(features, use_bias=cfg.mlp_bias, name=name,
-                           kernel_init=normal_init(axes), bias_init=zeros_init(axes[1:]),
-                           dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)(inputs)
+            kernel, bias = DenseParams((inputs.shape[-1], features), axes, cfg.mlp_bias,
+                                       cfg.weight_dtype, name=name)()
+            out = linear(inputs.astype(cfg.compute_dtype), kernel, bias)
             return adapted(self, name, out, inputs, (inputs.shape[-1],), (features,), *axes)
 
         if cfg.mlp == "gated":
@@ -344,7 +350,11 @@ class Decoder(nn.Module):
         attention_mask = attention_mask.astype(jnp.bool_)
         # Positions count real tokens only, so left and right padding give the same function.
         positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
-        x = self.embed_tokens(input_ids)
+        # Rows gathered from the stored (float32 master) table, then cast, so the gradient is a
+        # float32 scatter-add. nn.Embed's own call casts the table to the compute dtype first,
+        # and a token's gradient rows were then summed in bf16 (a token seen ~500 times in a
+        # test batch got a gradient up to 74% off).
+        x = jnp.take(self.embed_tokens.embedding, input_ids, axis=0).astype(cfg.compute_dtype)
         if cfg.embed_scale:
             x = x * jnp.asarray(cfg.hidden_size ** 0.5, cfg.weight_dtype).astype(x.dtype)
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))

@@ -1,4 +1,6 @@
-"""Matmuls with a float32 result whose backward pass runs in the compute dtype.
+"""Mixed-precision linear algebra whose backward pass keeps float32 where it sums.
+
+`einsum_f32`: matmuls with a float32 result whose backward pass runs in the compute dtype.
 
 Where a product feeds float32 math (the LM head's log-softmax, attention's softmax), it is
 computed with `preferred_element_type=float32`. Plain autodiff then hands its backward matmuls
@@ -8,6 +10,11 @@ is TF32 at best). `einsum_f32` keeps the forward exactly as before and casts the
 the compute dtype first, so the backward matmuls take bf16 operands and accumulate in float32,
 as mixed precision does everywhere else in the step (and as PyTorch autocast does). With
 float32 compute (the CPU tests) nothing changes.
+
+`add_bias`: a bias added in the compute dtype whose gradient is summed in float32. Plain
+autodiff sums a bf16 output's cotangent over batch and sequence in bf16 (the transpose of the
+broadcast; XLA then reduces 16k bf16 values in bf16 adds, as compiled for an H100), where
+PyTorch's bias gradients accumulate in float32.
 """
 
 from __future__ import annotations
@@ -52,3 +59,22 @@ def _einsum_f32_bwd(spec, residuals, cotangent):
 
 
 einsum_f32.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    """y [..., *bias.shape] + bias, in y's dtype; bias's gradient is summed in float32 and
+    returned in bias's dtype (a float32 master bias gets a float32 gradient)."""
+    return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+    return add_bias(y, bias), bias
+
+
+def _add_bias_bwd(bias, cotangent):
+    leading = tuple(range(cotangent.ndim - bias.ndim))
+    return cotangent, jnp.sum(cotangent, axis=leading, dtype=jnp.float32).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)

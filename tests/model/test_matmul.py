@@ -8,7 +8,7 @@ import pytest
 from tests.helpers import dot_operand_types
 
 from hafrm_jax.model.decoder import dot_product_attention
-from hafrm_jax.model.matmul import einsum_f32
+from hafrm_jax.model.matmul import add_bias, einsum_f32
 
 
 @pytest.mark.parametrize("spec,lhs_shape,rhs_shape", [
@@ -60,3 +60,26 @@ def test_master_weight_gets_a_float32_gradient():
 def test_specs_it_cannot_transpose_are_refused(spec):
     with pytest.raises(ValueError, match="explicit indices"):
         einsum_f32(spec, jnp.ones((2, 2)), jnp.ones((2, 2)))
+
+
+def test_bias_gradient_is_summed_in_float32():
+    """16,384 bf16 cotangent rows summed into a bias: in float32 the gradient is the exact sum
+    to float32 rounding; plain autodiff (the transpose of a bf16 broadcast) sums in bf16."""
+    rng = np.random.default_rng(0)
+    rows = jnp.asarray(rng.normal(size=(16, 1024, 8)) + 0.5, jnp.bfloat16)  # cotangent rows
+    bias = jnp.zeros((8,), jnp.float32)
+    exact = np.asarray(rows, np.float64).sum(axis=(0, 1))
+
+    def gradient(add):
+        loss = lambda b: jnp.sum(add(jnp.zeros_like(rows), b).astype(jnp.float32) * rows)
+        return np.asarray(jax.jit(jax.grad(loss))(bias), np.float64)
+
+    ours = gradient(add_bias)
+    plain = gradient(lambda y, b: y + b.astype(y.dtype))
+    assert ours.dtype == np.float64 and jax.grad(lambda b: jnp.sum(add_bias(rows, b)))(bias).dtype == jnp.float32
+    np.testing.assert_allclose(ours, exact, rtol=1e-5)
+    assert np.max(np.abs(plain - exact) / np.abs(exact)) > 1e-3  # what it replaces
+    # the forward pass is the plain sum, in y's dtype
+    out = add_bias(rows, jnp.ones((8,), jnp.float32))
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(out, rows + jnp.ones((8,), jnp.bfloat16))
