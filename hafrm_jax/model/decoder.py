@@ -211,14 +211,11 @@ def gate_up_projections(x: jax.Array, gate_kernel: jax.Array, up_kernel: jax.Arr
     (XLA then recomputes the activation in a pass of its own, where as two projections it fuses
     that with the cotangents), so the decoder asks for it only when nothing is rematerialised.
     """
-    dtype = x.dtype
-    if one_matmul:
-        kernel = jnp.stack([gate_kernel, up_kernel], axis=1).astype(dtype)  # [embed, 2, mlp]
-        both = jnp.einsum("...d,dkm->...km", x, kernel)  # [..., 2, mlp]
-        gate, up = both[..., 0, :], both[..., 1, :]
-    else:
-        gate, up = (jnp.einsum("...d,dm->...m", x, kernel.astype(dtype))
-                    for kernel in (gate_kernel, up_kernel))
+    if not one_matmul:
+        return linear(x, gate_kernel, gate_bias), linear(x, up_kernel, up_bias)
+    kernel = jnp.stack([gate_kernel, up_kernel], axis=1).astype(x.dtype)  # [embed, 2, mlp]
+    both = jnp.einsum("...d,dkm->...km", x, kernel)  # [..., 2, mlp]
+    gate, up = both[..., 0, :], both[..., 1, :]
     if gate_bias is not None:
         gate, up = add_bias(gate, gate_bias), add_bias(up, up_bias)
     return gate, up
