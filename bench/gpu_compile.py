@@ -1,9 +1,12 @@
 """Compile our training step for a GPU this machine does not have, and report what XLA's GPU
-compiler predicts: peak device memory, and a roofline of the compiled program's kernels.
+compiler predicts: peak device memory, and a roofline of the compiled program's kernels. With
+--tpu, compile it for a TPU slice instead (libtpu's compiler; peak memory per chip only).
 
   pip install "jax-cuda12-plugin[with-cuda]==$(python -c 'import jax; print(jax.__version__)')"
   python bench/gpu_compile.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-1.5b:haf:1024+remat=dots
   python bench/gpu_compile.py --cases=qwen2.5-0.5b:haf:1024 --top=20 --hlo-dir=/tmp/hlo
+  pip install "jax[tpu]==$(python -c 'import jax; print(jax.__version__)')"   # libtpu, no TPU
+  python bench/gpu_compile.py --tpu=v5e:2x2 --pairs=16 --cases=qwen2.5-0.5b:haf:512+remat=dots+unroll=1
 
 No GPU and no CUDA driver is needed: the CUDA plugin compiles for a described device (an
 H100 80GB by default, `--target-config` for another) without running anything, so a change
@@ -14,6 +17,10 @@ cuDNN attention).
 
 What to trust: the peak is the compiler's own buffer assignment, which is what the device
 allocates for the program; it matched every H100 peak measured in bench/RESULTS.md to 0.4 GiB.
+On a TPU slice the params, optimizer state and batch are sharded over every chip (mesh.fsdp=-1,
+what the recipes do on a slice), the peak is per chip, and libtpu's compiler refuses a program
+larger than a chip's memory: that case is reported as not fitting, with the compiler's figures.
+A topology of several hosts (v5e:4x4) compiles the whole job's program from this one process.
 The roofline (bench/hlo_roofline.py) is a lower bound from bytes and FLOPs, not a timing:
 kernels that run far from it show up by comparing with a profile. Autotuning is off without
 a device, so GEMM kernel choices can differ from a real compile; fusion decisions do not
@@ -75,8 +82,24 @@ def gpu_mesh(target_config: str) -> jax.sharding.Mesh:
     return topologies.make_mesh(topology, (1, 1, 1), MESH_AXES)
 
 
-def compile_case(case: Case, args, mesh: jax.sharding.Mesh):
-    """(model config, compiled step) of one of our cases, from shapes alone."""
+def tpu_mesh(topology_name: str) -> jax.sharding.Mesh:
+    """Every chip of the named TPU slice (libtpu's names: v5e:2x2, v6e:1x1, v5p:2x2x1, ...)
+    on the fsdp axis, for compiling only."""
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no TPU VM metadata to ask
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling only: no chip to lock
+    one_chip = {"chips_per_host_bounds": (1, 1, 1)} if topology_name.endswith(":1x1") else {}
+    try:
+        topology = topologies.get_topology_desc(platform="tpu", topology_name=topology_name,
+                                                **one_chip)
+    except Exception as e:  # noqa: BLE001  libtpu missing, or a name it does not know
+        raise SystemExit(
+            f"cannot describe the TPU slice {topology_name!r} ({type(e).__name__}: {e}); "
+            "libtpu comes with: pip install \"jax[tpu]==" + jax.__version__ + '"') from e
+    return topologies.make_mesh(topology, (1, len(topology.devices), 1), MESH_AXES)
+
+
+def lower_case(case: Case, args, mesh: jax.sharding.Mesh):
+    """(model config, lowered step) of one of our cases, from shapes alone."""
     cfg = case_model_config(case, args)
     optimizer, schedule = bench_optimizer(args.steps)
     params = abstract_params(cfg)
@@ -89,8 +112,13 @@ def compile_case(case: Case, args, mesh: jax.sharding.Mesh):
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=on_data)
              for k, v in bench_batch(cfg, args.pairs, case.seq).items()}
     with jax.set_mesh(mesh):
-        return cfg, step_function(cfg, case.method, optimizer, schedule).lower(
-            state, batch).compile()
+        return cfg, step_function(cfg, case.method, optimizer, schedule).lower(state, batch)
+
+
+def compile_case(case: Case, args, mesh: jax.sharding.Mesh):
+    """(model config, compiled step) of one of our cases, from shapes alone."""
+    cfg, lowered = lower_case(case, args, mesh)
+    return cfg, lowered.compile()
 
 
 def main():
@@ -99,25 +127,42 @@ def main():
     add_step_options(parser)
     parser.add_argument("--target-config", default=None,
                         help="file with a GpuTargetConfig in text form (default: an H100)")
+    parser.add_argument("--tpu", default=None, metavar="TOPOLOGY",
+                        help="compile for this TPU slice instead, e.g. v5e:2x2 (needs libtpu)")
     add_roofline_options(parser)
     parser.add_argument("--top", type=int, default=10, help="kernels listed per case")
     parser.add_argument("--hlo-dir", default=None, help="write each compiled program here")
     args = parser.parse_args()
-    args.attention = args.attention or "cudnn"  # the target is an NVIDIA GPU
+    args.attention = args.attention or ("xla" if args.tpu else "cudnn")  # cuDNN: NVIDIA only
 
-    target = H100_TARGET
-    if args.target_config:
-        with open(args.target_config) as f:
-            target = f.read()
-    mesh = gpu_mesh(target)
+    if args.tpu:
+        mesh = tpu_mesh(args.tpu)
+    else:
+        target = H100_TARGET
+        if args.target_config:
+            with open(args.target_config) as f:
+                target = f.read()
+        mesh = gpu_mesh(target)
     device = mesh.devices.flat[0].device_kind
     cases = [Case.parse(c) for c in args.cases.split(",")]
     if any(c.stack != "hafrm-jax" for c in cases):
         raise SystemExit("gpu_compile.py compiles our step only; PyTorch cases run on a GPU")
+    if args.pairs % mesh.size:
+        raise SystemExit(f"--pairs={args.pairs} must be divisible by the {mesh.size} devices")
     rows = []
     for case in cases:
         start = time.perf_counter()
-        cfg, compiled = compile_case(case, args, mesh)
+        try:
+            cfg, compiled = compile_case(case, args, mesh)
+        except jax.errors.JaxRuntimeError as e:
+            if not (args.tpu and "RESOURCE_EXHAUSTED" in str(e)):
+                raise
+            # libtpu: "... Used 18.49G of 15.75G hbm. Exceeded hbm capacity by 2.74G."
+            refusal = str(e).split("\n")[0].split(": ", 1)[-1]
+            rows.append((case, None, refusal, time.perf_counter() - start))
+            print(f"# {case.spec()} on {mesh.size} x {device}: does not fit: {refusal}\n",
+                  flush=True)
+            continue
         seconds = time.perf_counter() - start
         memory = compiled.memory_analysis()
         text = compiled.as_text()
@@ -126,13 +171,28 @@ def main():
             name = "".join(c if c.isalnum() or c in ".-" else "_" for c in case.spec())
             with open(os.path.join(args.hlo_dir, name + ".hlo"), "w") as f:
                 f.write(text)
+        peak_gib = memory.peak_memory_in_bytes / 2**30
+        if args.tpu:  # the roofline reads GPU kernels; a TPU program has other fusions
+            rows.append((case, peak_gib, None, seconds))
+            print(f"# {case.spec()} on {mesh.size} x {device}: predicted peak {peak_gib:.2f} "
+                  f"GiB per chip, compiled in {seconds:.1f} s\n", flush=True)
+            continue
         kernels = program_kernels(text, unknown_trips=logprob_loop_trips(cfg, case.seq))
         bandwidth, peak = args.bandwidth_tb_s * 1e12, args.peak_tflops * 1e12
         bound = bound_seconds(kernels, bandwidth, peak)
-        rows.append((case, memory.peak_memory_in_bytes / 2**30, bound, seconds))
-        print(f"# {case.spec()} on {device}: predicted peak {rows[-1][1]:.2f} GiB, "
+        rows.append((case, peak_gib, bound, seconds))
+        print(f"# {case.spec()} on {device}: predicted peak {peak_gib:.2f} GiB, "
               f"compiled in {seconds:.1f} s\n"
               + format_roofline(kernels, bandwidth, peak, args.top) + "\n", flush=True)
+    if args.tpu:
+        print(f"# {args.tpu}: {mesh.size} x {device} (compiled here, not run), "
+              f"{args.pairs} pairs/step, {args.dtype}, params sharded over every chip")
+        print("| case | predicted peak GiB per chip | compile s |")
+        print("|---|---|---|")
+        for case, peak_gib, refusal, seconds in rows:
+            fit = f"{peak_gib:.2f}" if refusal is None else f"does not fit: {refusal}"
+            print(f"| {case.spec()} | {fit} | {seconds:.1f} |")
+        return
     print(f"# {device} (compiled here, not run), {args.pairs} pairs/step, {args.dtype}")
     print("| case | predicted peak GiB | roofline bound ms | compile s |")
     print("|---|---|---|---|")

@@ -50,7 +50,8 @@ from bench.trace_summary import (find_trace, format_summary, load_events, summar
 from hafrm_jax.model.config import (ATTENTION_IMPLS, PRESETS, REMAT_POLICIES,  # noqa: E402
                                     ModelConfig)
 from hafrm_jax.objective import LossConfig, ObjectiveConfig  # noqa: E402
-from hafrm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh  # noqa: E402
+from hafrm_jax.sharding import (DEFAULT_RULES, batch_sharding, make_mesh,  # noqa: E402
+                                traced_under_rules)
 from hafrm_jax.train.optimizer import make_optimizer  # noqa: E402
 from hafrm_jax.train.state import create_train_state, init_params  # noqa: E402
 from hafrm_jax.train.step import train_step  # noqa: E402
@@ -124,9 +125,9 @@ def bench_batch(cfg: ModelConfig, pairs: int, seq: int) -> dict[str, np.ndarray]
 def step_function(cfg: ModelConfig, method: str, optimizer, schedule):
     """The library's training step for `method`, jitted, the state's buffers donated."""
     loss_config = LossConfig(cfg, ObjectiveConfig(method, alpha=0.2, beta=0.1))
-    return jax.jit(lambda s, b: train_step(s, b, None, None, loss_config=loss_config,
-                                           optimizer=optimizer, schedule=schedule,
-                                           grad_accum_steps=1), donate_argnums=0)
+    step = lambda s, b: train_step(s, b, None, None, loss_config=loss_config,
+                                   optimizer=optimizer, schedule=schedule, grad_accum_steps=1)
+    return jax.jit(traced_under_rules(step, DEFAULT_RULES), donate_argnums=0)
 
 
 def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,

@@ -15,7 +15,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.model = model = ml_collections.ConfigDict()
     model.name_or_path = config_dict.placeholder(str)  # HF checkpoint dir or hub id; None: preset
-    model.preset = "tiny"  # random init: tiny | qwen2.5-0.5b | qwen2.5-1.5b | llama-3.2-1b | ...
+    model.preset = "tiny"  # random init: tiny | qwen2.5-0.5b | qwen2.5-1.5b | phi-2 | ...
     model.num_layers = config_dict.placeholder(int)  # None: the preset's value
     model.hidden_size = config_dict.placeholder(int)
     model.intermediate_size = config_dict.placeholder(int)
@@ -86,6 +86,8 @@ def default_config() -> ml_collections.ConfigDict:
     train.keep_checkpoints = 2  # the last K checkpoints; the best-by-validation params are kept too
     train.max_consecutive_skips = 10  # updates with a non-finite loss or gradient are skipped;
     # this many in a row stop the run
+    train.check_memory = True  # GPU/TPU: before training, compile the step for the longest
+    # batch and stop, naming settings that would fit, if it needs more than a device has
     train.wandb = False  # also log to Weights & Biases (pip install wandb)
     train.wandb_project = "hafrm-jax"
     train.allow_config_change = False  # resume even if the workdir's run used another model,

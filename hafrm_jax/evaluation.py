@@ -20,7 +20,7 @@ from hafrm_jax.data.tokenize import TokenizedPairs
 from hafrm_jax.model.config import ModelConfig
 from hafrm_jax.objective import forward_pairs
 from hafrm_jax.sharding import (Rules, batch_sharding, data_parallel_size, host_batch_to_global,
-                                replicated)
+                                replicated, traced_under_rules)
 
 ScoreFn = Callable[[Any, dict, Any], dict[str, jax.Array]]
 
@@ -44,7 +44,7 @@ def make_score_fn(model_config: ModelConfig, mesh: Mesh, rules: Rules, *, with_r
     (`frozen`: the LoRA base, when `params` are the trainable adapters and heads)."""
     fn = functools.partial(_score, model_config=model_config, with_rewards=with_rewards,
                            with_logprobs=with_logprobs)
-    return jax.jit(fn, out_shardings=replicated(mesh))
+    return jax.jit(traced_under_rules(fn, rules), out_shardings=replicated(mesh))
 
 
 def eval_batch_size(requested: int, mesh: Mesh, rules: Rules) -> int:

@@ -8,8 +8,9 @@ so no device ever holds the whole model.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -101,6 +102,21 @@ def logical_to_sharding(abstract_boxed, mesh: Mesh, rules: Rules):
 
     return jax.tree_util.tree_map(to_sharding, specs, shapes,
                                   is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+
+
+def traced_under_rules(fn: Callable, rules: Rules) -> Callable:
+    """`fn`, traced with the logical-axis `rules` in force: the model's activation constraints
+    (`nn.with_logical_constraint`) then pin activations to their mesh axes. Flax makes them
+    no-ops where no rules are set, and with params sharded over fsdp XLA then sharded the
+    activations' embedding axis instead of their batch, gathering whole-batch activations on
+    every device. Jit the result and call it under `jax.set_mesh(mesh)`."""
+
+    @functools.wraps(fn)
+    def with_rules(*args, **kwargs):
+        with nn.logical_axis_rules(rules):
+            return fn(*args, **kwargs)
+
+    return with_rules
 
 
 def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:

@@ -258,3 +258,67 @@ def test_a_profiled_case_saves_its_program_and_ranks_kernels_against_their_bound
     against = row["profile"]["against_bound"]
     matched = int(against.split(" of ")[0])
     assert matched > 10 and "| kernel | category | measured ms |" in against
+
+
+def _needs_libtpu():
+    import importlib.util
+
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (pip install \"jax[tpu]\"; .ci/run installs it "
+                    "for the TPU compile tests)")
+
+
+def _gpu_compile(*flags):
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "bench/gpu_compile.py", *flags], cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_the_step_compiles_for_tpu_slices_of_one_and_several_hosts():
+    """libtpu's compiler, without a TPU: the step sharded over a v5e-4 (one host) and a v5e-16
+    (four hosts, the whole job's program compiled here), with the peak per chip."""
+    _needs_libtpu()
+    for topology, chips in (("v5e:2x2", 4), ("v5e:4x4", 16)):
+        out = _gpu_compile(f"--tpu={topology}", f"--pairs={chips}", "--dtype=float32",
+                           "--cases=tiny:haf:64,tiny:baseline:64+remat=dots+unroll=1")
+        assert f"# {topology}: {chips} x TPU v5 lite" in out
+        rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| tiny:")]
+        assert len(rows) == 2 and all(0 < float(row[1]) < 1 for row in rows), out
+
+
+def test_a_step_larger_than_a_tpu_chip_is_reported_and_stops_the_memory_check():
+    """Qwen2.5-0.5B HaF at the paper's batch (16 pairs x 512) on one v5e chip (16 GB): libtpu
+    refuses it at compile time; the bench says so, and the training loop's memory check turns
+    the refusal into its advice."""
+    _needs_libtpu()
+    spec = "qwen2.5-0.5b:haf:512+remat=dots+unroll=1"
+    out = _gpu_compile("--tpu=v5e:1x1", "--pairs=16", f"--cases={spec}")
+    assert f"| {spec} | does not fit:" in out and "HBM" in out
+
+    import argparse
+
+    from bench.gpu_compile import lower_case, tpu_mesh
+    from bench.train_step import Case
+    from configs.hh import get_config
+    from hafrm_jax.train.memory import StepDoesNotFitError, check_step_fits
+
+    args = argparse.Namespace(pairs=16, steps=3, dtype="bfloat16", remat="none",
+                              attention="xla", chunk=128, unroll=0)
+    _, lowered = lower_case(Case.parse(spec), args, tpu_mesh("v5e:1x1"))
+    with pytest.raises(StepDoesNotFitError, match="HBM") as raised:
+        check_step_fits(lowered, None, get_config(), 1, (16, 2, 512))
+    assert "--config.model.remat=full" in str(raised.value)
+
+
+def test_sharded_step_counts_the_bytes_of_each_collective():
+    from bench.sharded_step import collective_bytes
+
+    hlo = """
+  %all-gather.1 = f32[16,256,4]{2,1,0} all-gather(f32[2,256,4]{2,1,0} %x), dimensions={0}
+  %all-reduce.2 = (bf16[8,4]{1,0}, s32[]) all-reduce(bf16[8,4]{1,0} %a, s32[] %b), to_apply=%add
+  %reduce-scatter.3 = f32[2,64]{1,0} reduce-scatter(f32[16,64]{1,0} %g), dimensions={0}
+  %add.4 = f32[16,256,4]{2,1,0} add(f32[16,256,4]{2,1,0} %p, f32[16,256,4]{2,1,0} %q)
+"""
+    assert collective_bytes(hlo) == 4 * 16 * 256 * 4 + (2 * 8 * 4 + 4) + 4 * 2 * 64

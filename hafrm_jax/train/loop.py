@@ -31,7 +31,9 @@ from hafrm_jax.hf.checkpoint import original_hf_config, resolve_checkpoint
 from hafrm_jax.metrics import pair_metrics
 from hafrm_jax.objective import LossConfig
 from hafrm_jax.sharding import (batch_sharding, data_parallel_size, device_description,
-                                host_batch_to_global, make_mesh, replicated)
+                                host_batch_to_global, make_mesh, replicated,
+                                traced_under_rules)
+from hafrm_jax.train.memory import check_step_fits, device_memory_limit
 from hafrm_jax.train.metrics_writer import MetricsWriter
 from hafrm_jax.train.optimizer import make_optimizer
 from hafrm_jax.train.plots import plot_training_curves
@@ -176,15 +178,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                               pad_to_multiple=config.data.pad_to_multiple, mesh=mesh,
                               rules=rules, frozen=frozen)
     ref_params = ref_sh = None
+    if objective.reference == "online" and objective.uses_policy:
+        # With LoRA: the base, plus a trained LM head's start.
+        ref_params = state.params if frozen is None else (
+            {"lm_head": state.params["lm_head"]} if "lm_head" in state.params else None)
+        if ref_params is not None:
+            ref_sh = params_sh if frozen is None else {"lm_head": params_sh["lm_head"]}
+            ref_params = jax.tree_util.tree_map(lambda x: x.copy(), ref_params)
+
+    # The step, jitted once with its shardings; the state's buffers are donated. Before the
+    # reference pass and the first step: will it fit in device memory?
+    batch_sh = batch_sharding(mesh, rules)
+    step = functools.partial(train_step, loss_config=loss_config, optimizer=optimizer,
+                             schedule=schedule, grad_accum_steps=t.grad_accum_steps)
+    jitted = jax.jit(traced_under_rules(step, rules),
+                     in_shardings=(state_sh, batch_sh, ref_sh, frozen_sh),
+                     out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
+    train = splits["train"]
+    local_batch = t.batch_size // jax.process_count()
+    sampler = EpochSampler(len(train), local_batch, t.seed, lengths=train.lengths.max(axis=1),
+                           bucket_batches=config.data.bucket_batches)
+    log.info("training batches: %.1f%% padding", 100 * padding_fraction(
+        train, sampler, config.data.pad_to_multiple))
+    precompiled = {}  # batch shape -> the executable the memory check compiled for it
+    limit = device_memory_limit(mesh)
+    if t.check_memory and limit is not None:
+        longest = host_batch_to_global(_longest_batch(
+            train, local_batch, config.data.pad_to_multiple,
+            with_ref_logps=objective.uses_policy and objective.reference == "cached"), batch_sh)
+        shape = longest["input_ids"].shape
+        with jax.set_mesh(mesh):  # as the loop calls it
+            lowered = jitted.lower(state, longest, ref_params, frozen)
+        precompiled[shape] = check_step_fits(lowered, limit, config, mesh.size, shape)
+
+    def step_fn(state, batch):
+        run = precompiled.get(batch["input_ids"].shape, jitted)
+        return run(state, batch, ref_params, frozen)
+
     if objective.uses_policy:
         _attach_reference_logps(config, workdir, loss_config, splits, state.params, score, mesh,
                                 rules)
-        if objective.reference == "online":  # with LoRA: the base, plus a trained LM head's start
-            ref_params = state.params if frozen is None else (
-                {"lm_head": state.params["lm_head"]} if "lm_head" in state.params else None)
-            if ref_params is not None:
-                ref_sh = params_sh if frozen is None else {"lm_head": params_sh["lm_head"]}
-                ref_params = jax.tree_util.tree_map(lambda x: x.copy(), ref_params)
     checkpoints.discard_best_after(start)  # written after the state we resume: stale
     best_score = -np.inf
     if start:
@@ -194,14 +227,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer = MetricsWriter(workdir, resume_step=start,
                            wandb_project=t.wandb_project if t.wandb else None,
                            run_config=json.loads(config.to_json()))
-
-    # The step, jitted once with its shardings; the state's buffers are donated.
-    batch_sh = batch_sharding(mesh, rules)
-    step = functools.partial(train_step, loss_config=loss_config, optimizer=optimizer,
-                             schedule=schedule, grad_accum_steps=t.grad_accum_steps)
-    jitted = jax.jit(step, in_shardings=(state_sh, batch_sh, ref_sh, frozen_sh),
-                     out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
-    step_fn = lambda state, batch: jitted(state, batch, ref_params, frozen)
     param_norm = jax.jit(optax.global_norm)  # of the trained params, at log steps only
     score_fn = make_score_fn(loss_config.model, mesh, rules, with_rewards=objective.uses_rewards,
                              with_logprobs=objective.uses_policy)
@@ -212,12 +237,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         return pair_metrics(scores.get("rewards"), scores.get("logps"), scores.get("ref_logps"),
                             objective.beta, primary)
 
-    train = splits["train"]
-    local_batch = t.batch_size // jax.process_count()
-    sampler = EpochSampler(len(train), local_batch, t.seed, lengths=train.lengths.max(axis=1),
-                           bucket_batches=config.data.bucket_batches)
-    log.info("training batches: %.1f%% padding", 100 * padding_fraction(
-        train, sampler, config.data.pad_to_multiple))
 
     pending: list[dict] = []
     last_logged: dict[str, float] = {}
@@ -307,6 +326,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _score_split(score_fn, params, split, split_name: str, *, sizes: dict, **kwargs):
     return score_pairs(score_fn, params, split, sizes[split_name], **kwargs)
+
+
+def _longest_batch(train, local_batch: int, pad_to_multiple: int,
+                   with_ref_logps: bool) -> dict[str, np.ndarray]:
+    """This host's batch of its longest training pairs (the largest shape a step can get), as
+    the loop will make it once the reference log-probs are attached (zeros stand in)."""
+    longest = np.argsort(train.lengths.max(axis=1), kind="stable")[-local_batch:]
+    batch = make_batch(train, longest, pad_to_multiple)
+    if with_ref_logps:
+        batch["ref_logps"] = np.zeros((local_batch, 2), np.float32)
+    return batch
 
 
 def _split_for_lora(config, loss_config: LossConfig, params, params_sh, mesh, rules):

@@ -148,9 +148,22 @@ def test_presets_build_and_count(name):
     count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nn.meta.unbox(shapes)))
     assert count == cfg.num_params()
     expected_billions = {"qwen2.5-0.5b": 0.494, "qwen2.5-1.5b": 1.544, "llama-3.2-1b": 1.236,
-                         "llama-3-8b": 8.03, "mistral-7b": 7.24}
+                         "llama-3-8b": 8.03, "mistral-7b": 7.24, "phi-2": 2.78}
     if name in expected_billions:  # the published sizes (reward head adds 1e-6 B)
         assert abs(count / 1e9 - expected_billions[name]) < 0.01
+
+
+def test_phi2_preset_is_what_its_checkpoint_config_parses_to():
+    """microsoft/phi-2's config.json values, parsed as an imported checkpoint's would be."""
+    from transformers import PhiConfig
+
+    from hafrm_jax.hf.config import model_config_from_hf
+
+    phi2 = PhiConfig(vocab_size=51_200, hidden_size=2560, intermediate_size=10_240,
+                     num_hidden_layers=32, num_attention_heads=32, partial_rotary_factor=0.4,
+                     layer_norm_eps=1e-5, hidden_act="gelu_new", tie_word_embeddings=False,
+                     rope_theta=10_000.0, max_position_embeddings=2048)
+    assert model_config_from_hf(phi2) == PRESETS["phi-2"]
 
 
 def test_model_config_checks():

@@ -1,4 +1,6 @@
-"""Loss and gradients of the hybrid objective on several meshes vs one device (8 CPU devices)."""
+"""Loss and gradients of the hybrid objective on several meshes vs one device (8 CPU devices),
+traced as the library traces them (under the logical-axis rules), and the compiled gradient's
+per-device temporary memory on each mesh."""
 
 import json
 
@@ -9,10 +11,10 @@ from tests.conftest import make_pair_batch
 
 from hafrm_jax.model.config import preset
 from hafrm_jax.objective import LossConfig, ObjectiveConfig, hybrid_loss
-from hafrm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh
+from hafrm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh, traced_under_rules
 from hafrm_jax.train.state import init_params, param_shardings
 
-MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
+MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2), (2, 1, 4)]  # 2x1x4: 2 KV heads, 4-way
 
 config = preset("tiny", qkv_bias=True)
 loss_config = LossConfig(config, ObjectiveConfig("haf", reference="cached"))
@@ -30,18 +32,21 @@ def loss_and_grads(mesh):
     shardings = param_shardings(config, mesh, DEFAULT_RULES)
     placed = jax.device_put(params, shardings)
     placed_batch = jax.device_put(batch, batch_sharding(mesh, DEFAULT_RULES))
-    fn = jax.jit(jax.value_and_grad(lambda p, b: hybrid_loss(p, b, loss_config)[0]))
+    fn = jax.jit(traced_under_rules(
+        jax.value_and_grad(lambda p, b: hybrid_loss(p, b, loss_config)[0]), DEFAULT_RULES))
     with jax.set_mesh(mesh):
-        loss, grads = fn(placed, placed_batch)
-    return float(loss), jax.device_get(grads)
+        compiled = fn.lower(placed, placed_batch).compile()
+        loss, grads = compiled(placed, placed_batch)
+    return float(loss), jax.device_get(grads), compiled.memory_analysis().temp_size_in_bytes
 
 
-ref_loss, ref_grads = loss_and_grads(single_mesh)
+ref_loss, ref_grads, _ = loss_and_grads(single_mesh)
 out = {"reference_loss": ref_loss, "meshes": {}}
 for shape in MESHES:
-    loss, grads = loss_and_grads(make_mesh(*shape))
+    loss, grads, temp_bytes = loss_and_grads(make_mesh(*shape))
     diffs = [float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
              for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads))]
     out["meshes"]["x".join(map(str, shape))] = {
-        "loss_rel_err": abs(loss - ref_loss) / abs(ref_loss), "grad_max_rel_err": max(diffs)}
+        "loss_rel_err": abs(loss - ref_loss) / abs(ref_loss), "grad_max_rel_err": max(diffs),
+        "temp_bytes": temp_bytes}
 print(json.dumps(out))
