@@ -280,12 +280,29 @@ def test_the_step_compiles_for_tpu_slices_of_one_and_several_hosts():
     """libtpu's compiler, without a TPU: the step sharded over a v5e-4 (one host) and a v5e-16
     (four hosts, the whole job's program compiled here), with the peak per chip."""
     _needs_libtpu()
+    import argparse
+
+    from bench.gpu_compile import compile_case, tpu_mesh
+    from bench.train_step import Case
+
+    out = _gpu_compile("--tpu=v5e:2x2", "--pairs=4", "--dtype=float32",
+                       "--cases=tiny:haf:64,tiny:baseline:64+remat=dots+unroll=1")
+    assert "# v5e:2x2: 4 x TPU v5 lite" in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| tiny:")]
+    assert len(rows) == 2 and all(0 <= float(row[1]) < 1 for row in rows), out  # GiB, 2 places
+
+    args = argparse.Namespace(pairs=16, steps=3, dtype="float32", remat="none",
+                              attention="xla", chunk=16, unroll=0)
+    params_bytes = {}
     for topology, chips in (("v5e:2x2", 4), ("v5e:4x4", 16)):
-        out = _gpu_compile(f"--tpu={topology}", f"--pairs={chips}", "--dtype=float32",
-                           "--cases=tiny:haf:64,tiny:baseline:64+remat=dots+unroll=1")
-        assert f"# {topology}: {chips} x TPU v5 lite" in out
-        rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| tiny:")]
-        assert len(rows) == 2 and all(0 < float(row[1]) < 1 for row in rows), out
+        mesh = tpu_mesh(topology)
+        assert mesh.size == chips
+        _, compiled = compile_case(Case.parse("tiny:haf:64"), args, mesh)
+        memory = compiled.memory_analysis()
+        assert memory.peak_memory_in_bytes > 0
+        params_bytes[chips] = memory.argument_size_in_bytes
+    # params, optimizer state and batch are split over the chips: 4x as many, ~1/4 a chip
+    assert params_bytes[16] < 0.5 * params_bytes[4], params_bytes
 
 
 def test_a_step_larger_than_a_tpu_chip_is_reported_and_stops_the_memory_check():
