@@ -54,7 +54,7 @@ def fit_advice(config: ml_collections.ConfigDict, num_devices: int) -> list[str]
     if m.remat in ("none", "dots", "dots_attention"):
         better = "dots" if m.remat == "none" else "full"
         advice.append(f"model.remat={better}: recompute more activations in the backward pass")
-    if t.batch_size // t.grad_accum_steps > 1:
+    if t.batch_size % (2 * t.grad_accum_steps) == 0:
         advice.append(f"train.grad_accum_steps={2 * t.grad_accum_steps}: the same batch in "
                       "microbatches half the size (activations scale with them)")
     if m.dtype == "float32":
