@@ -39,6 +39,7 @@ def default_workdir(config_path: str) -> str:
 
 def main(argv):
     del argv
+    distributed.claim_gpu_memory()  # 95% of each GPU, not JAX's 75% (before the backend starts)
     logging.getLogger().setLevel(logging.INFO)  # this library's progress notes
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend tpu"

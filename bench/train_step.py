@@ -47,6 +47,7 @@ from bench.hlo_roofline import (H100_BANDWIDTH_TB_S, format_against_profile,  # 
                                 match_profile, program_kernels)
 from bench.trace_summary import (find_trace, format_summary, load_events, summarize,  # noqa: E402
                                  timeline_op_ms)
+from hafrm_jax.distributed import claim_gpu_memory  # noqa: E402
 from hafrm_jax.model.config import (ATTENTION_IMPLS, PRESETS, REMAT_POLICIES,  # noqa: E402
                                     ModelConfig)
 from hafrm_jax.objective import LossConfig, ObjectiveConfig  # noqa: E402
@@ -286,7 +287,7 @@ def _spawn(argv: list[str], timeout: float, xla_flags: str = "") -> tuple[dict |
     """Run this script with argv in a subprocess, with xla_flags added to XLA_FLAGS; (its JSON
     result or None, its output tail)."""
     env = dict(os.environ)
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # the case owns the device
+    claim_gpu_memory(env=env)  # the case owns the device
     if xla_flags:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     try:

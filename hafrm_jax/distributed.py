@@ -10,10 +10,24 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import MutableMapping
 
 import jax
 
 log = logging.getLogger(__name__)
+
+# JAX's GPU allocator takes this share of each GPU's memory (75% where neither is set); the
+# second name is deprecated, and giving both is an error.
+MEMORY_FRACTION_VARS = ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION")
+
+
+def claim_gpu_memory(fraction: float = 0.95, env: MutableMapping[str, str] = os.environ) -> None:
+    """Let JAX's allocator take `fraction` of each GPU's memory instead of its default 75%: a
+    training process owns its GPUs (Phi-2 at the paper's batch needs 62.6 GiB of an 80 GB H100
+    with remat dots). Unless `env` already sets it; call before JAX starts its backend. No
+    effect on TPU or CPU."""
+    if not any(name in env for name in MEMORY_FRACTION_VARS):
+        env["XLA_CLIENT_MEM_FRACTION"] = str(fraction)
 
 
 def _cluster_in_environment() -> str | None:

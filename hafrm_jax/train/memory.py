@@ -10,12 +10,14 @@ settings that would make the step fit.
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 import ml_collections
 from jax.sharding import Mesh
 
 from hafrm_jax.configuration import ConfigError
+from hafrm_jax.distributed import MEMORY_FRACTION_VARS
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,16 @@ def device_memory_limit(mesh: Mesh) -> int | None:
     return min(limits) if limits else None
 
 
-def fit_advice(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
+def fit_advice(config: ml_collections.ConfigDict, num_devices: int,
+               platform: str | None = None) -> list[str]:
     """The settings that lower the step's memory, those that apply to `config`, most
-    effective first."""
+    effective first (`platform`: the devices', by default the running backend's)."""
     m, t, mesh = config.model, config.train, config.mesh
     advice = []
+    if (platform or jax.devices()[0].platform) == "gpu" and \
+            not any(name in os.environ for name in MEMORY_FRACTION_VARS):
+        advice.append("(environment) XLA_CLIENT_MEM_FRACTION=0.95 before JAX starts: JAX "
+                      "takes 75% of a GPU's memory by default (train.py asks for 95%)")
     if m.lora.rank == 0:
         advice.append("model.lora.rank=16 (or 64): LoRA freezes the backbone, so it needs no "
                       "gradient or optimizer state (configs/hh_mistral_lora.py)")
@@ -86,7 +93,8 @@ def check_step_fits(lowered: jax.stages.Lowered, limit: int | None,
     device = jax.devices()[0].device_kind
 
     def fail(need: str) -> StepDoesNotFitError:
-        levers = "\n".join(f"  --config.{a}" for a in fit_advice(config, num_devices))
+        levers = "\n".join(f"  {a}" if a.startswith("(") else f"  --config.{a}"
+                           for a in fit_advice(config, num_devices))
         return StepDoesNotFitError(
             f"the training step does not fit on a {device}: {need} ({shape}, the compiler's "
             f"estimate). Settings that lower it:\n{levers}\n"

@@ -92,3 +92,21 @@ def test_advice_leaves_out_settings_already_taken():
 
 def test_no_limit_on_the_cpu():
     assert memory.device_memory_limit(jax.sharding.Mesh(np.array(jax.devices()), ("d",))) is None
+
+
+def test_gpu_memory_fraction_is_claimed_unless_the_environment_sets_it(monkeypatch):
+    from hafrm_jax.distributed import claim_gpu_memory
+
+    env = {}
+    claim_gpu_memory(env=env)
+    assert env == {"XLA_CLIENT_MEM_FRACTION": "0.95"}
+    for name in ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION"):  # the user's wins
+        env = {name: "0.5"}
+        claim_gpu_memory(env=env)
+        assert env == {name: "0.5"}  # and never both: jax refuses that
+    for name in ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION"):
+        monkeypatch.delenv(name, raising=False)
+    assert any("XLA_CLIENT_MEM_FRACTION=0.95" in a for a in fit_advice(small_config(), 1, "gpu"))
+    assert not any("MEM_FRACTION" in a for a in fit_advice(small_config(), 1, "tpu"))
+    monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "0.9")
+    assert not any("MEM_FRACTION" in a for a in fit_advice(small_config(), 1, "gpu"))
