@@ -48,6 +48,7 @@ from bench.hlo_roofline import (add_roofline_options, bound_seconds,  # noqa: E4
 from bench.train_step import (Case, add_step_options, bench_batch, bench_optimizer,  # noqa: E402
                               case_model_config, logprob_loop_trips, step_function)
 from hafrm_jax.sharding import DEFAULT_RULES, MESH_AXES, batch_sharding  # noqa: E402
+from hafrm_jax.train.memory import compiler_refusal  # noqa: E402
 from hafrm_jax.train.state import (abstract_params, abstract_train_state,  # noqa: E402
                                    param_shardings, state_shardings)
 
@@ -155,10 +156,9 @@ def main():
         try:
             cfg, compiled = compile_case(case, args, mesh)
         except jax.errors.JaxRuntimeError as e:
-            if not (args.tpu and "RESOURCE_EXHAUSTED" in str(e)):
+            refusal = compiler_refusal(e) if args.tpu else None
+            if refusal is None:
                 raise
-            # libtpu: "... Used 18.49G of 15.75G hbm. Exceeded hbm capacity by 2.74G."
-            refusal = str(e).split("\n")[0].split(": ", 1)[-1]
             rows.append((case, None, refusal, time.perf_counter() - start))
             print(f"# {case.spec()} on {mesh.size} x {device}: does not fit: {refusal}\n",
                   flush=True)

@@ -201,8 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     log.info("training batches: %.1f%% padding", 100 * padding_fraction(
         train, sampler, config.data.pad_to_multiple))
     precompiled = {}  # batch shape -> the executable the memory check compiled for it
-    limit = device_memory_limit(mesh)
-    if t.check_memory and limit is not None:
+    limit = device_memory_limit(mesh) if t.check_memory else None  # None on the CPU
+    if limit is not None:
         longest = host_batch_to_global(_longest_batch(
             train, local_batch, config.data.pad_to_multiple,
             with_ref_logps=objective.uses_policy and objective.reference == "cached"), batch_sh)

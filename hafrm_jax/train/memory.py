@@ -82,6 +82,16 @@ def bytes_needed(stats) -> int:
     return peak if peak and jax.devices()[0].platform != "cpu" else total
 
 
+def compiler_refusal(error: Exception) -> str | None:
+    """The compiler's reason, in one line, when it refused a program too large for the device
+    (libtpu: "Ran out of memory on HBM, ... (18.49G) exceeds available HBM (15.75G)."), else
+    None."""
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text:
+        return None
+    return text.split("\n")[0].split(": ", 1)[-1]
+
+
 def check_step_fits(lowered: jax.stages.Lowered, limit: int | None,
                     config: ml_collections.ConfigDict, num_devices: int,
                     batch_shape: tuple[int, ...]) -> jax.stages.Compiled:
@@ -103,9 +113,10 @@ def check_step_fits(lowered: jax.stages.Lowered, limit: int | None,
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:
-        if "RESOURCE_EXHAUSTED" in str(e):  # the TPU compiler refuses a program over HBM
-            raise fail(str(e).split("\n")[0]) from e
-        raise
+        refusal = compiler_refusal(e)  # the TPU compiler refuses a program over HBM
+        if refusal is None:
+            raise
+        raise fail(refusal) from e
     stats = compiled.memory_analysis()
     if limit is None or stats is None:
         return compiled
