@@ -55,6 +55,10 @@ def main(argv):
     path = _CHECKPOINT.value or _WORKDIR.value
     if not path:
         raise app.UsageError("give --workdir or --checkpoint")
+    if not _CHECKPOINT.value and not os.path.exists(os.path.join(path, "model_config.json")):
+        raise app.UsageError(f"--workdir={path} is not a training workdir (no "
+                             "model_config.json there); a Hugging Face checkpoint goes in "
+                             "--checkpoint")
     scorer = load_scorer(path, which=_PARAMS.value, reference=_REFERENCE.value,
                          batch_size=_BATCH.value, max_length=_MAX_LENGTH.value,
                          max_prompt_length=_MAX_PROMPT.value)
@@ -92,7 +96,9 @@ def main(argv):
             scorer.config = _CONFIG.value
         sets = pair_sets_from_config(scorer)
     results = evaluate_pair_sets(scorer, sets, _BOOTSTRAP.value, _PLOT.value)
-    print(f"model: {scorer.source}")
+    scored_by = {"reward": "its reward head",
+                 "implicit": "its implicit reward beta * (logp - ref_logp) (a DPO run)"}
+    print(f"model: {scorer.source}; accuracy by {scored_by[scorer.scored_by]}")
     print(markdown_table(results, ["num_pairs", "accuracy", "implicit_accuracy", "reward_margin",
                                    "reward_ties", "reward_ece"]))
     _write_json(results)

@@ -32,6 +32,14 @@ def main(argv):
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
     run = load_run(_WORKDIR.value, _PARAMS.value)
+    if run.config.train.method == "dpo" and (_HEAD.value == "reward" or _PEFT.value):
+        # Its reward head was never trained: a ForSequenceClassification export (or PEFT's
+        # `score`) would give every response the same reward.
+        raise app.UsageError(
+            f"{_WORKDIR.value} is a DPO run: its reward is the implicit beta * (logp - ref_logp) "
+            "of its policy, not the reward head (untrained). Export the policy with "
+            "--head=policy and score it against its starting model (eval.py --checkpoint=OUT "
+            "--reference=START).")
     if _PEFT.value:
         if run.lora is None:
             raise app.UsageError(f"{_WORKDIR.value} is not a LoRA run: --peft has no adapters")

@@ -4,6 +4,10 @@ workdir/checkpoints/<step>/  {state: params, opt_state, step, rng; meta: JSON (d
                               best validation score so far, config fingerprint)}
 workdir/best/<step>/         {params; meta: JSON (step, validation metrics)}
 
+A state refers to the best params saved at or before its step; those stay on disk until a newer
+state has committed (they are written before it, and pruned only after), so a run killed
+between a best save and the next state save resumes with the best its state refers to.
+
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a run
 killed mid-save never leaves a checkpoint that a later run would pick up. Restoring onto
 abstract arrays that carry shardings lays the arrays out on the current mesh, whatever mesh
@@ -46,7 +50,8 @@ class RunCheckpoints:
         self._best = ocp.CheckpointManager(
             os.path.join(workdir, "best"),
             item_names=("params", "meta"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+            # pruned by _prune_best, not by orbax: see the module docstring
+            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
                                                  enable_async_checkpointing=background),
         )
 
@@ -54,8 +59,23 @@ class RunCheckpoints:
         return self._state.latest_step()
 
     def save(self, step: int, state: Any, meta: dict) -> None:
+        # The best params this state refers to are on disk before the state is; the previous
+        # state has committed (orbax saves one at a time), so bests older than its are spare.
+        self._best.wait_until_finished()
+        self._state.wait_until_finished()
+        self._prune_best(self._state.latest_step())
         self._state.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def _prune_best(self, committed: int | None) -> None:
+        """Keep the newest best at or before the committed state `committed` and any newer
+        one; delete the older bests."""
+        if committed is None:
+            return
+        kept = [b for b in self._best.all_steps() if b <= committed]
+        for best in kept:
+            if best < max(kept):
+                self._best.delete(best)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         restored = self._state.restore(step, args=ocp.args.Composite(
@@ -79,6 +99,9 @@ class RunCheckpoints:
     def best_step(self) -> int | None:
         return self._best.latest_step()
 
+    def has_best(self, step: int) -> bool:
+        return step in self._best.all_steps()
+
     def restore_best(self, abstract_params: Any) -> tuple[Any, dict]:
         step = self._best.latest_step()
         if step is None:
@@ -88,9 +111,11 @@ class RunCheckpoints:
         return restored.params, restored.meta
 
     def wait(self) -> None:
-        """Block until asynchronous saves are on disk."""
+        """Block until asynchronous saves are on disk; then only the newest state's best is
+        kept."""
         self._state.wait_until_finished()
         self._best.wait_until_finished()
+        self._prune_best(self._state.latest_step())
 
     def close(self) -> None:
         self._state.close()

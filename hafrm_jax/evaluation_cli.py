@@ -103,7 +103,7 @@ def evaluate_pair_sets(scorer: RewardScorer, sets: dict, bootstrap: int,
         if isinstance(pairs, tuple):  # (path, format) of a file
             pairs = read_pair_set(*pairs)
         scores, stats = scorer.score_pairs(pairs)
-        primary = "reward"
+        primary = scorer.scored_by  # a DPO run: its implicit reward, as training selected by
         out = metrics.pair_metrics(scores["rewards"], scores.get("logps"),
                                    scores.get("ref_logps"), scorer.beta, primary)
         margins = metrics.score_margins(scores["rewards"], scores.get("logps"),
@@ -116,7 +116,8 @@ def evaluate_pair_sets(scorer: RewardScorer, sets: dict, bootstrap: int,
         out["num_pairs"] = int(out["num_pairs"])
         out["identical_pairs_dropped"] = stats.identical_dropped
         results[name] = out
-        margins_by_set[name] = scores["rewards"]
+        margins_by_set[name] = scores["rewards"] if primary == "reward" else \
+            scorer.beta * (scores["logps"] - scores["ref_logps"])
     if plot:
         plot_margins(margins_by_set, plot)
     return results

@@ -23,6 +23,7 @@ from hafrm_jax import losses
 from hafrm_jax.model.config import ModelConfig
 from hafrm_jax.model.hybrid import HybridRewardModel
 from hafrm_jax.model.lora import model_variables
+from hafrm_jax.model.readout import scored_token_counts
 
 Method = Literal["haf", "baseline", "dpo"]
 METHODS = ("haf", "baseline", "dpo")
@@ -166,7 +167,7 @@ def hybrid_loss(params: Params, batch: Batch, config: LossConfig,
     ref_logps = response_lengths = None
     if objective.uses_policy:
         ref_logps = reference_logps(batch, config.model, objective, ref_params, frozen)
-        response_lengths = jnp.sum(batch["response_mask"], axis=-1).astype(jnp.float32)
+        response_lengths = scored_token_counts(batch["response_mask"])
     return pair_objective(rewards, logps, ref_logps, response_lengths, objective)
 
 

@@ -25,7 +25,7 @@ from hafrm_jax.hf.tokenizer import load_tokenizer
 from hafrm_jax.model.config import ModelConfig
 from hafrm_jax.sharding import DEFAULT_RULES, Rules, make_mesh
 from hafrm_jax.train.state import init_params
-from hafrm_jax.workdir import load_run
+from hafrm_jax.workdir import load_run, starting_params
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,19 @@ class RewardScorer:
     max_length: int
     max_prompt_length: int
     chat_format: str = "auto"
+    prompt_template: str = "{prompt}"  # for plain-text prompts, as the run was trained
     batch_size: int = 32
     ref_params: Any = None  # the starting model, for DPO's implicit reward
     beta: float = 0.1
     source: str = ""  # where the model came from, for reports
     config: Any = None  # the training run's ConfigDict (None for a HF checkpoint)
+    # "reward": the reward head; "implicit": beta * (logp - ref_logp), for a DPO run (its
+    # reward head is never trained)
+    scored_by: str = "reward"
+
+    def _tokenize_pairs(self, pairs: list[PreferencePair]) -> tuple[Any, TokenizeStats]:
+        return tokenize_pairs(pairs, self.tokenizer, self.max_length, self.max_prompt_length,
+                              self.chat_format, self.prompt_template)
 
     def _score(self, data, with_logprobs: bool, params=None) -> dict[str, np.ndarray]:
         fn = make_score_fn(self.model_config, self.mesh, self.rules, with_rewards=params is None,
@@ -57,8 +65,7 @@ class RewardScorer:
                                                                  TokenizeStats]:
         """{"rewards" [n, 2], and with a reference model "logps", "ref_logps" [n, 2]} for the
         pairs that survive tokenisation (identical pairs are dropped and counted)."""
-        data, stats = tokenize_pairs(pairs, self.tokenizer, self.max_length,
-                                     self.max_prompt_length, self.chat_format)
+        data, stats = self._tokenize_pairs(pairs)
         implicit = self.ref_params is not None
         scores = self._score(data, with_logprobs=implicit)
         if implicit:
@@ -68,17 +75,23 @@ class RewardScorer:
     def mean_logprob_margins(self, pairs: list[PreferencePair]) -> np.ndarray:
         """Training-free preference: per pair, the policy head's mean per-token log-prob of
         the chosen response minus the rejected one's (RewardBench's reference-free score)."""
-        data, _ = tokenize_pairs(pairs, self.tokenizer, self.max_length, self.max_prompt_length,
-                                 self.chat_format)
+        data, _ = self._tokenize_pairs(pairs)
         logps = self._score(data, with_logprobs=True, params=self.params)["logps"]
-        lengths = (data.lengths - data.prompt_lengths[:, None]).astype(np.float64)
+        # scored tokens: the first token of a sequence (an empty prompt's first response
+        # token) is not predicted by anything
+        lengths = (data.lengths - np.maximum(data.prompt_lengths, 1)[:, None]).astype(np.float64)
         mean = logps / lengths
         return mean[:, 0] - mean[:, 1]
 
     def score_responses(self, prompts: list, responses: list[str]) -> np.ndarray:
-        """Reward [n] of each response to its prompt, in input order."""
+        """Reward [n] of each response to its prompt, in input order: the reward head's, or a
+        DPO run's implicit reward beta * (logp - ref_logp) (`scored_by`)."""
         data = tokenize_responses(prompts, responses, self.tokenizer, self.max_length,
-                                  self.max_prompt_length, self.chat_format)
+                                  self.max_prompt_length, self.chat_format, self.prompt_template)
+        if self.scored_by == "implicit":
+            logps = self._score(data, True, params=self.params)["logps"][:, 0]
+            ref_logps = self._score(data, True, params=self.ref_params)["logps"][:, 0]
+            return self.beta * (logps - ref_logps)
         return self._score(data, with_logprobs=False)["rewards"][:, 0]
 
 
@@ -97,14 +110,14 @@ def load_scorer(path: str, *, which: str = "best", reference: str | None = None,
         rules = configuration.logical_rules(run.config)
         ref_params = None
         if run.config.train.method != "baseline":
-            start = run.config.model.name_or_path
-            ref_params, _ = init_params(run.model_config, run.config.train.seed, mesh, rules,
-                                        resolve_checkpoint(start) if start else None)
+            ref_params = starting_params(run.config, run.model_config, mesh, rules)
         d = run.config.data
         return RewardScorer(run.model_config, run.params, run.tokenizer, mesh, rules,
                             max_length or d.max_length, max_prompt_length or d.max_prompt_length,
-                            d.chat_format, batch_size, ref_params, run.config.train.beta,
-                            f"{path} (step {run.step})", run.config)
+                            d.chat_format, d.prompt_template, batch_size, ref_params,
+                            run.config.train.beta,
+                            f"{path} (step {run.step})", run.config,
+                            "implicit" if run.config.train.method == "dpo" else "reward")
     directory = resolve_checkpoint(path)
     config = pretrained_model_config(directory)
     params, _ = init_params(config, 0, mesh, DEFAULT_RULES, directory)
@@ -114,6 +127,6 @@ def load_scorer(path: str, *, which: str = "best", reference: str | None = None,
         ref_params, _ = init_params(pretrained_model_config(ref_dir), 0, mesh, DEFAULT_RULES,
                                     ref_dir)
     return RewardScorer(config, params, load_tokenizer(directory), mesh, DEFAULT_RULES,
-                        max_length or 2048, max_prompt_length or 1024, "auto", batch_size,
-                        ref_params, source=directory)
+                        max_length or 2048, max_prompt_length or 1024, "auto",
+                        batch_size=batch_size, ref_params=ref_params, source=directory)
 

@@ -95,11 +95,27 @@ def load_run(workdir: str, which: Literal["best", "latest"] = "best", mesh=None,
     hf_config = _read_json(hf_path) if os.path.exists(hf_path) else None
     adapters = None
     if lora is not None:
-        start = config.model.name_or_path
-        base, _ = init_params(model_config, config.train.seed, mesh, rules,
-                              resolve_checkpoint(start) if start else None)
+        base = starting_params(config, model_config, mesh, rules)
         adapters = params
         variables = model_variables(adapters, base)  # the base with the trained heads put back
         params = merge_adapters(variables["params"], variables[COLLECTION], model_config)
         model_config = dataclasses.replace(model_config, lora=None)
     return Run(config, model_config, params, tokenizer, step, hf_config, adapters, lora)
+
+
+def starting_params(config: ml_collections.ConfigDict, model_config: ModelConfig, mesh,
+                    rules: Rules) -> Any:
+    """The params a run started from (its pretrained checkpoint, or the same random
+    initialisation): the DPO reference, and a LoRA run's base. For a LoRA run that stored its
+    frozen base in model.lora.base_dtype, the frozen part is rounded to it (and kept in its own
+    dtype), as the run computed with it; the heads it trained are left as they started."""
+    start = config.model.name_or_path
+    params, _ = init_params(model_config, config.train.seed, mesh, rules,
+                            resolve_checkpoint(start) if start else None)
+    lora = config.model.lora
+    if lora.rank == 0 or not lora.get("base_dtype"):
+        return params
+    dtype = jax.numpy.dtype(lora.base_dtype)
+    trained = {"reward_head"} | ({"lm_head"} if lora.train_lm_head else set())
+    return {name: tree if name in trained else jax.tree_util.tree_map(
+        lambda x: x.astype(dtype).astype(x.dtype), tree) for name, tree in params.items()}

@@ -120,3 +120,68 @@ def test_out_of_distribution_sets_from_the_config(tmp_path, scorer):
         {"ood": {"source": "generic", "files": path}})
     sets = pair_sets_from_config(scorer)
     assert set(sets) == {"test", "ood"} and len(sets["ood"]) == 12
+
+
+def test_plain_text_prompts_are_scored_through_the_runs_template(tmp_path, workdir, scorer):
+    """A run trained with data.prompt_template is scored with it, as training tokenised."""
+    import dataclasses
+    import shutil
+
+    from hafrm_jax.data.records import PreferencePair
+
+    template = "Q: {prompt} A:"
+    copy = tmp_path / "templated"
+    shutil.copytree(workdir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["data"]["prompt_template"] = template
+    (copy / "config.json").write_text(json.dumps(config))
+    assert load_scorer(str(copy)).prompt_template == template
+
+    text = [PreferencePair(p.prompt[0]["content"], p.chosen, p.rejected)
+            for p in generate_pairs(6, seed=4)]
+    formatted = [dataclasses.replace(p, prompt=template.format(prompt=p.prompt)) for p in text]
+    templated = dataclasses.replace(scorer, prompt_template=template)
+    np.testing.assert_array_equal(templated.score_pairs(text)[0]["rewards"],
+                                  scorer.score_pairs(formatted)[0]["rewards"])
+    assert not np.array_equal(templated.score_pairs(text)[0]["rewards"],
+                              scorer.score_pairs(text)[0]["rewards"])
+
+
+def test_a_dpo_run_is_scored_and_exported_by_its_implicit_reward(tmp_path):
+    """A DPO run's reward head is never trained: eval.py's accuracy, score / BoN rewards are
+    its implicit reward, and export.py will not write the untrained head as a reward model."""
+    workdir = str(tmp_path / "dpo")
+    train_and_evaluate(small_config(method="dpo", steps=4, eval_every=4), workdir)
+    scorer = load_scorer(workdir)
+    assert scorer.scored_by == "implicit"
+    test = evaluate_pair_sets(scorer, pair_sets_from_config(scorer), bootstrap=0)["test"]
+    saved = json.load(open(f"{workdir}/results.json"))["test"]
+    assert test["accuracy"] == test["implicit_accuracy"] == pytest.approx(saved["accuracy"])
+    pairs = generate_pairs(5, seed=6)
+    scores, _ = scorer.score_pairs(pairs)
+    implicit = scorer.beta * (scores["logps"] - scores["ref_logps"])
+    rewards = scorer.score_responses([p.prompt for p in pairs], [p.rejected for p in pairs])
+    np.testing.assert_allclose(rewards, implicit[:, 1], rtol=1e-5, atol=1e-7)
+    assert np.ptp(rewards) > 0  # not the untrained head's constant
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "export.py", f"--workdir={workdir}",
+                          f"--out={tmp_path / 'rm'}"], cwd=root, capture_output=True, text=True)
+    assert out.returncode != 0 and "is a DPO run" in out.stderr
+    assert not (tmp_path / "rm").exists()
+
+
+def test_a_lora_run_with_a_bf16_base_is_reloaded_as_it_trained(tmp_path):
+    """model.lora.base_dtype=bfloat16 stores the frozen base rounded to bf16: the merged model
+    (eval, export) and the DPO reference are rebuilt from the rounded base, so eval.py gives
+    the run's own test numbers."""
+    config = small_config(steps=4, eval_every=4)
+    lora = config.model.lora
+    lora.rank, lora.targets, lora.base_dtype = 4, "all", "bfloat16"
+    workdir = str(tmp_path / "lora")
+    train_and_evaluate(config, workdir)
+    scorer = load_scorer(workdir)
+    test = evaluate_pair_sets(scorer, pair_sets_from_config(scorer), bootstrap=0)["test"]
+    saved = json.load(open(f"{workdir}/results.json"))["test"]
+    assert test["reward_margin"] == pytest.approx(saved["reward_margin"], rel=1e-5)
+    # a difference of log-prob sums: float32 rounding of the sums (~1e-5) is its noise
+    assert test["implicit_margin"] == pytest.approx(saved["implicit_margin"], abs=1e-7)

@@ -42,6 +42,13 @@ def next_token_targets(input_ids: jax.Array, response_mask: jax.Array):
     return targets, weights
 
 
+def scored_token_counts(response_mask: jax.Array) -> jax.Array:
+    """[..., seq] -> [...] float32: how many response tokens a log-prob sum scores (IPO's
+    length). A sequence's first token has no position before it, so an empty prompt (no BOS)
+    leaves its first response token unscored."""
+    return jnp.sum(response_mask[..., 1:], axis=-1).astype(jnp.float32)
+
+
 def lm_logits(hidden: jax.Array, lm_weight: jax.Array, lm_bias: jax.Array | None = None,
               softcap: float | None = None, vocab_major: bool = False) -> jax.Array:
     """float32 logits [..., vocab] = hidden @ weight (+ bias), optionally soft-capped (Gemma-2).

@@ -154,8 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     start = checkpoints.latest_step() or 0
     if start:
         check_resume(config, workdir, loss_config.model)
-    save_run_files(config, workdir, tokenizer, loss_config.model,
-                   original_hf_config(pretrained) if pretrained else None)
+    else:  # a resumed run writes them once its checkpoint has restored
+        _save_run_files(config, workdir, tokenizer, loss_config, pretrained)
 
     # Data: this host's share of each split.
     data = prepare_data(config, tokenizer, jax.process_index(), jax.process_count())
@@ -219,11 +219,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         _attach_reference_logps(config, workdir, loss_config, splits, state.params, score, mesh,
                                 rules)
     checkpoints.discard_best_after(start)  # written after the state we resume: stale
-    best_score = -np.inf
+    best_score, best_step, pending = -np.inf, None, []
     if start:
-        state, meta = checkpoints.restore(start, abstract_like(state))
-        best_score = meta["best_validation_accuracy"]
-        log.info("resumed from step %d of %s", start, workdir)
+        state, best_score, best_step, pending = _resume(checkpoints, start, state, workdir,
+                                                        data.sizes["train"], config)
+        _save_run_files(config, workdir, tokenizer, loss_config, pretrained)
     writer = MetricsWriter(workdir, resume_step=start,
                            wandb_project=t.wandb_project if t.wandb else None,
                            run_config=json.loads(config.to_json()))
@@ -238,7 +238,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             objective.beta, primary)
 
 
-    pending: list[dict] = []
     last_logged: dict[str, float] = {}
     validation = None
     step = start
@@ -277,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 validation = evaluate(state.params, "validation")
                 writer.write(step, {f"eval/{k}": v for k, v in validation.items()})
                 if validation["accuracy"] > best_score:
-                    best_score = validation["accuracy"]
+                    best_score, best_step = validation["accuracy"], step
                     checkpoints.save_best(step, state.params,
                                           {"step": step, "validation": validation})
             stopping = signals.received is not None or (
@@ -285,7 +284,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if step % t.checkpoint_every == 0 or last or stopping:
                 checkpoints.save(step, state, {
                     "step": step, "data_position": sampler.position(step),
-                    "best_validation_accuracy": best_score,
+                    "train_pairs": data.sizes["train"],
+                    "best_validation_accuracy": best_score, "best_step": best_step,
+                    # the steps since the last log, so a resumed run logs the same means
+                    "pending_metrics": [{k: float(v) for k, v in m.items()}
+                                        for m in jax.device_get(pending)],
                 })
             if stopping and not last:
                 break
@@ -337,6 +340,40 @@ def _longest_batch(train, local_batch: int, pad_to_multiple: int,
     if with_ref_logps:
         batch["ref_logps"] = np.zeros((local_batch, 2), np.float32)
     return batch
+
+
+def _save_run_files(config, workdir: str, tokenizer, loss_config: LossConfig,
+                    pretrained: str | None) -> None:
+    save_run_files(config, workdir, tokenizer, loss_config.model,
+                   original_hf_config(pretrained) if pretrained else None)
+
+
+def _resume(checkpoints: RunCheckpoints, start: int, state: TrainState, workdir: str,
+            train_pairs: int, config) -> tuple[TrainState, float, int | None, list[dict]]:
+    """(state, best validation accuracy so far, its step, the metrics of the steps since the
+    last log) from the checkpoint at `start`."""
+    try:
+        state, meta = checkpoints.restore(start, abstract_like(state))
+    except ValueError as e:  # orbax: the saved tree is not the one this config builds
+        raise configuration.ConfigError(
+            f"{workdir}: the checkpoint of step {start} does not match the training state this "
+            "config builds (a changed optimizer setting, e.g. optim.max_grad_norm turned on or "
+            f"off, or LoRA targets); use another --workdir. Orbax: {e}") from e
+    saved_pairs = meta.get("train_pairs")  # absent in checkpoints of older versions
+    if saved_pairs is not None and saved_pairs != train_pairs \
+            and not config.train.allow_config_change:
+        raise configuration.ConfigError(
+            f"{workdir} was trained on {saved_pairs} training pairs; this config reads "
+            f"{train_pairs}: the data changed, so the run cannot resume as the same run. Use "
+            "another --workdir, or --config.train.allow_config_change=true.")
+    best_score, best_step = meta["best_validation_accuracy"], meta.get("best_step")
+    if best_step is not None and not checkpoints.has_best(best_step):
+        log.warning("the best params of step %d are missing from %s/best: model selection "
+                    "starts again from this step", best_step, workdir)
+        best_score, best_step = -np.inf, None
+    pending = [{k: np.float32(v) for k, v in m.items()} for m in meta.get("pending_metrics", [])]
+    log.info("resumed from step %d of %s", start, workdir)
+    return state, best_score, best_step, pending
 
 
 def _split_for_lora(config, loss_config: LossConfig, params, params_sh, mesh, rules):

@@ -7,10 +7,13 @@ Only process 0 writes, so a multi-host run logs once.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 
 import jax
+
+log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
@@ -39,13 +42,29 @@ class MetricsWriter:
                                      resume="allow")
 
     def _truncate_after(self, step: int) -> None:
-        """Drop rows logged after the checkpoint being resumed: they will be logged again."""
+        """Drop rows logged after the checkpoint being resumed (they will be logged again) and a
+        row torn by a kill mid-write (counted, logged); rewritten atomically."""
         if not os.path.exists(self.path):
             return
+        kept, torn = [], 0
         with open(self.path, encoding="utf-8") as f:
-            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(self.path, "w", encoding="utf-8") as f:
-            f.writelines(rows)
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    torn += 1
+                    continue
+                if row["step"] <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        if torn:
+            log.warning("%s: dropped %d unreadable row(s), torn by a kill mid-write", self.path,
+                        torn)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

@@ -28,16 +28,23 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
     return optax.join_schedules([ramp, decay], [warmup])
 
 
-def _decay_mask(params):
-    """Weight decay on matrices only: norms' scales and biases are left alone."""
-    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+# Leaves that weight decay applies to: weight matrices, the embedding and LoRA's A and B.
+# By name, not by rank: stacked over layers, a norm's scale [layers, hidden] and a bias
+# [layers, heads, head_dim] have two dimensions or more.
+DECAYED_LEAVES = frozenset({"kernel", "embedding", "a", "b"})
+
+
+def decay_mask(params):
+    """True where weight decay applies; norms' scales and biases are left alone."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) in DECAYED_LEAVES, params)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict,
                    total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     schedule = learning_rate_schedule(optim, total_steps)
     adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                        weight_decay=optim.weight_decay, mask=_decay_mask)
+                        weight_decay=optim.weight_decay, mask=decay_mask)
     if optim.max_grad_norm > 0:
         return optax.chain(optax.clip_by_global_norm(optim.max_grad_norm), adamw), schedule
     return adamw, schedule

@@ -19,10 +19,15 @@ from hafrm_jax.model.config import ModelConfig, from_dict, to_dict
 
 log = logging.getLogger(__name__)
 
-# Keys whose change makes a resumed run a different run: refused unless allowed.
+# Keys whose change makes a resumed run a different run (another objective, model, or the
+# data: its pairs, their order, the validation hold-out, the tokens): refused unless allowed.
 RESUME_CRITICAL = ("train.method", "train.batch_size", "train.seed", "data.source",
-                   "data.files", "data.hub", "data.tfds", "data.seed", "data.label_noise",
-                   "data.max_length", "data.max_prompt_length", "model.name_or_path",
+                   "data.files", "data.hub", "data.tfds", "data.splits", "data.options",
+                   "data.on_error", "data.seed", "data.label_noise", "data.num_train",
+                   "data.num_validation", "data.num_test", "data.validation_fraction",
+                   "data.test_fraction", "data.max_train_pairs", "data.max_eval_pairs",
+                   "data.max_length", "data.max_prompt_length", "data.chat_format",
+                   "data.prompt_template", "data.bucket_batches", "model.name_or_path",
                    "model.lora")
 
 

@@ -8,7 +8,7 @@ import pytest
 from tests.helpers import dot_operand_types
 
 from hafrm_jax.model.readout import (gather_last_token, last_token_index, max_and_sum_exp,
-                                     sequence_logprobs)
+                                     next_token_targets, scored_token_counts, sequence_logprobs)
 
 
 def naive_logprobs(hidden, weight, ids, response_mask):
@@ -284,3 +284,13 @@ def test_tied_head_is_cast_once_per_pass_and_never_transposed():
             transposes.append(eqn)
     assert casts == [False, False], casts
     assert not transposes, transposes
+
+
+def test_scored_token_counts_leave_out_what_nothing_predicts():
+    """IPO normalises by the tokens the log-prob sum scores: with an empty prompt (no BOS) the
+    first response token has no position before it."""
+    response = jnp.array([[0, 0, 1, 1, 1, 0],    # prompt of 2, response of 3, padding
+                          [1, 1, 1, 1, 0, 0]])   # empty prompt: 4 response tokens, 3 scored
+    _, weights = next_token_targets(jnp.zeros_like(response), response)
+    np.testing.assert_array_equal(scored_token_counts(response), [3.0, 3.0])
+    np.testing.assert_array_equal(scored_token_counts(response), weights.sum(-1))

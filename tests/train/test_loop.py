@@ -82,9 +82,14 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
     for a, b in zip(_params(straight), _params(resumed)):
         np.testing.assert_array_equal(a, b)
     assert resumed.test == straight.test
-    # the resumed run's metrics file has each step once
-    steps = [r["step"] for r in read_rows(tmp_path / "resumed") if "train/loss" in r]
-    assert steps == [2, 4, 6, 8, 10, 12]
+    # the resumed run's metrics file has each step once, and the same means: the window the
+    # stop cut (step 5 of the log at 6) came back with the checkpoint
+    logged = {r["step"]: r for r in read_rows(tmp_path / "resumed") if "train/loss" in r}
+    assert list(logged) == [2, 4, 6, 8, 10, 12]
+    for row in read_rows(tmp_path / "straight"):
+        if "train/loss" in row:
+            for key in ("train/loss", "train/reward/accuracy", "train/optim/grad_norm"):
+                assert logged[row["step"]][key] == row[key], (row["step"], key)
 
 
 def test_online_reference_equals_cached(tmp_path):

@@ -33,3 +33,11 @@ def test_resume_drops_rows_past_the_checkpoint(tmp_path):
     path.write_text("".join(json.dumps({"step": s, "train/loss": 1.0}) + "\n" for s in (5, 10, 15)))
     MetricsWriter(str(tmp_path), resume_step=10).close()
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [5, 10]
+
+
+def test_resume_drops_a_row_torn_by_a_kill(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 5, "train/loss": 1.0}) + "\n" + '{"step": 10, "trai')
+    MetricsWriter(str(tmp_path), resume_step=10).close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [5]
+    assert "dropped 1 unreadable row" in caplog.text

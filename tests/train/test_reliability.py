@@ -9,12 +9,14 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.train.test_loop import small_config
 
 from hafrm_jax import configuration
+from hafrm_jax.checkpoint import RunCheckpoints, abstract_like
 from hafrm_jax.train.loop import NonFiniteError, train_and_evaluate
 from hafrm_jax.workdir import load_run
 
@@ -151,6 +153,16 @@ def test_resume_refused_when_the_run_changed(tmp_path):
     changed_shape.model.num_layers = 2
     with pytest.raises(configuration.ConfigError, match="num_layers"):
         train_and_evaluate(changed_shape, workdir)
+    fewer_pairs = small_config(steps=6)
+    fewer_pairs.data.num_train = 128  # other data: refused
+    with pytest.raises(configuration.ConfigError, match="data.num_train"):
+        train_and_evaluate(fewer_pairs, workdir)
+    config_json = (tmp_path / "run" / "config.json").read_text()
+    no_clipping = small_config(steps=6)
+    no_clipping.optim.max_grad_norm = 0.0  # another optimizer state: refused, config kept
+    with pytest.raises(configuration.ConfigError, match="does not match the training state"):
+        train_and_evaluate(no_clipping, workdir)
+    assert (tmp_path / "run" / "config.json").read_text() == config_json
     longer = train_and_evaluate(small_config(steps=6), workdir)  # more steps: allowed
     assert longer.step == 6
     allowed = small_config(steps=8, seed=1, allow_config_change=True)
@@ -165,6 +177,29 @@ def test_retention_keeps_last_k_and_the_best(tmp_path):
     assert len(best) == 1
     meta = json.loads((tmp_path / "results.json").read_text())
     assert meta["best_step"] == int(best[0])
+
+
+def test_best_params_survive_a_kill_between_best_and_state_saves(tmp_path):
+    """The best params a state refers to stay on disk until a newer state has committed."""
+    params = {"w": jnp.ones((4,))}
+    checkpoints = RunCheckpoints(str(tmp_path), keep=2)
+    checkpoints.save_best(4, params, {"step": 4})
+    checkpoints.save(4, params, {"best_step": 4})
+    checkpoints.save_best(8, jax.tree_util.tree_map(lambda x: 2 * x, params), {"step": 8})
+    checkpoints.wait()  # killed here: no state at step 8
+    assert checkpoints.has_best(4) and checkpoints.has_best(8)
+    checkpoints.close()
+    resumed = RunCheckpoints(str(tmp_path), keep=2)
+    assert resumed.latest_step() == 4
+    resumed.discard_best_after(4)  # as the loop resumes
+    restored, meta = resumed.restore_best(abstract_like(params))
+    assert meta["step"] == 4 and float(restored["w"][0]) == 1.0
+    resumed.save_best(8, params, {"step": 8})
+    resumed.save(8, params, {"best_step": 8})
+    resumed.save(10, params, {"best_step": 8})  # state 8 committed: best 4 is spare
+    resumed.wait()
+    assert not resumed.has_best(4) and resumed.has_best(8)
+    resumed.close()
 
 
 def test_config_errors_before_anything_runs(tmp_path):
