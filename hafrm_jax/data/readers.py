@@ -119,7 +119,9 @@ def _split_last_turn(prefix: list[Message], messages: list[Message],
     if messages[last]["role"] != "assistant":
         raise RecordError("malformed_dialogue", "the last message must be an assistant message, "
                           f"got role {messages[last]['role']!r}", f"{field}[{last}].role")
-    prompt = prefix + messages[:last]
+    # trl's conversational rows may repeat the explicit prompt in each side: taken once
+    start = len(prefix) if prefix and messages[:len(prefix)] == prefix else 0
+    prompt = prefix + messages[start:last]
     if not prompt:
         raise RecordError("malformed_dialogue", "no prompt messages before the response", field)
     return prompt, _response(messages[last]["content"], f"{field}[{last}].content")
@@ -237,6 +239,10 @@ def parse_generic(record: Mapping, *, columns: Mapping[str, str] | None = None) 
         prompt = _field(record, cols["prompt"])
         if not isinstance(prompt, str):
             prompt = _messages(prompt, cols["prompt"])
+        if not (prompt.strip() if isinstance(prompt, str) else prompt):
+            # nothing before the response: its first token would have no position to be
+            # predicted from (log-probs) on a tokenizer without BOS
+            raise RecordError("empty_prompt", "the prompt is empty", cols["prompt"])
         return PreferencePair(prompt, _response(chosen, cols["chosen"]),
                               _response(_field(record, cols["rejected"]), cols["rejected"]))
     if not isinstance(chosen, list):
@@ -299,8 +305,8 @@ def _jsonl_records(path: str) -> Iterator[tuple[str, Any]]:
     with _opener(path)(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
+            try:  # a byte-order mark may open the file
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 yield where, RecordError("invalid_utf8", f"invalid UTF-8 at byte {err.start}")
                 continue
@@ -322,7 +328,7 @@ def _json_records(path: str) -> list:
     with _opener(path)(path, "rb") as f:
         raw = f.read()
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         raise _file_error(path, "invalid_utf8", f"invalid UTF-8 at byte {err.start}") from None
     except json.JSONDecodeError as err:

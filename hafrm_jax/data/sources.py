@@ -8,6 +8,7 @@ out of train (`data.validation_fraction`), so that model selection never sees th
 from __future__ import annotations
 
 import glob
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -113,6 +114,23 @@ def hold_out(result: ReadResult, fraction: float, seed: int) -> tuple[ReadResult
             ReadResult(pick(False), held, {}, {}))
 
 
+def drop_duplicates(result: ReadResult) -> ReadResult:
+    """Each exact duplicate pair (same prompt, chosen and rejected) kept once; the others are
+    counted as filtered "duplicate". A hold-out draws by position, so a repeated pair would
+    otherwise land in train and in validation or test."""
+    seen, pairs = set(), []
+    for pair in result.pairs:
+        key = json.dumps([pair.prompt, pair.chosen, pair.rejected])
+        if key not in seen:
+            seen.add(key)
+            pairs.append(pair)
+    if len(pairs) == len(result.pairs):
+        return result
+    filtered = {**result.filtered, "duplicate": result.filtered.get("duplicate", 0)
+                + len(result.pairs) - len(pairs)}
+    return ReadResult(pairs, result.records, result.skipped, filtered)
+
+
 def read_splits(data: ml_collections.ConfigDict) -> dict[str, ReadResult]:
     """train / validation / test from the configured source, logged with their counts.
 
@@ -120,6 +138,7 @@ def read_splits(data: ml_collections.ConfigDict) -> dict[str, ReadResult]:
     validation split (`data.validation_fraction`): the three are always disjoint.
     """
     results = {split: read_split(data, split) for split in SPLITS}
+    results = {split: r if r is None else drop_duplicates(r) for split, r in results.items()}
     if results["train"] is None:
         raise ValueError(f"data.source={data.source!r}: no train split is configured")
     if results["test"] is None:

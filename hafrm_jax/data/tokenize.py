@@ -99,10 +99,14 @@ def _response_prefix(tokenizer, chat_format: str, prompt) -> str:
 
 
 def _fit(prompt: list[int], response: list[int], eos: int, max_length: int,
-         max_prompt_length: int) -> tuple[list[int], list[int], bool, bool]:
-    """(prompt, response + [eos]) cut to the limits; and whether each was cut."""
+         max_prompt_length: int, bos: int | None = None) -> tuple[list[int], list[int], bool, bool]:
+    """(prompt, response + [eos]) cut to the limits; and whether each was cut. A prompt cut from
+    the left keeps its leading BOS (the models are trained with it first)."""
     prompt_cut = len(prompt) > max_prompt_length
-    prompt = prompt[-max_prompt_length:] if prompt_cut else prompt
+    if prompt_cut:
+        keep_bos = bos is not None and prompt[:1] == [bos]
+        prompt = [bos] + prompt[len(prompt) - max_prompt_length + 1:] if keep_bos \
+            else prompt[-max_prompt_length:]
     budget = max_length - len(prompt) - 1
     response_cut = len(response) > budget
     return prompt, response[:budget] + [eos], prompt_cut, response_cut
@@ -125,7 +129,7 @@ def tokenize_responses(prompts: list, responses: list[str], tokenizer, max_lengt
         prompt_ids, response_ids, _, _ = _fit(
             encode_prompt(prompt, tokenizer, chat_format, prompt_template),
             _encode(tokenizer, _response_prefix(tokenizer, chat_format, prompt) + text), eos,
-            max_length, max_prompt_length)
+            max_length, max_prompt_length, tokenizer.bos_token_id)
         ids = prompt_ids + response_ids
         tokens[i, 0, :len(ids)], lengths[i, 0], prompt_lengths[i] = ids, len(ids), len(prompt_ids)
     return TokenizedPairs(tokens, lengths, prompt_lengths, np.arange(len(prompts)))
@@ -163,7 +167,7 @@ def tokenize_pairs(
         for text in (pair.chosen, pair.rejected):
             prompt, response, prompt_cut, response_cut = _fit(
                 full_prompt, _encode(tokenizer, prefix + text), eos, max_length,
-                max_prompt_length)
+                max_prompt_length, tokenizer.bos_token_id)
             responses_cut += response_cut
             sides.append(prompt + response)
         prompts_cut += prompt_cut

@@ -284,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if step % t.checkpoint_every == 0 or last or stopping:
                 checkpoints.save(step, state, {
                     "step": step, "data_position": sampler.position(step),
-                    "train_pairs": data.sizes["train"],
+                    "train_pairs": data.sizes["train"], "process_count": jax.process_count(),
                     "best_validation_accuracy": best_score, "best_step": best_step,
                     # the steps since the last log, so a resumed run logs the same means
                     "pending_metrics": [{k: float(v) for k, v in m.items()}
@@ -348,6 +348,21 @@ def _save_run_files(config, workdir: str, tokenizer, loss_config: LossConfig,
                    original_hf_config(pretrained) if pretrained else None)
 
 
+def check_same_data_order(meta: dict, train_pairs: int, process_count: int,
+                          workdir: str) -> None:
+    """Refuse to resume where the batch of a step would not be the one the run saw: the data
+    has another number of pairs, or another number of hosts shuffles it (each host shuffles its
+    own share). Checkpoints of older versions lack the fields: not checked."""
+    for key, now, what in (("train_pairs", train_pairs, "training pairs"),
+                           ("process_count", process_count, "hosts")):
+        saved = meta.get(key)
+        if saved is not None and saved != now:
+            raise configuration.ConfigError(
+                f"{workdir} was trained with {saved} {what}; this job has {now}: the batches of "
+                "the coming steps would not continue its data order, so it cannot resume as the "
+                "same run. Use another --workdir, or --config.train.allow_config_change=true.")
+
+
 def _resume(checkpoints: RunCheckpoints, start: int, state: TrainState, workdir: str,
             train_pairs: int, config) -> tuple[TrainState, float, int | None, list[dict]]:
     """(state, best validation accuracy so far, its step, the metrics of the steps since the
@@ -359,13 +374,8 @@ def _resume(checkpoints: RunCheckpoints, start: int, state: TrainState, workdir:
             f"{workdir}: the checkpoint of step {start} does not match the training state this "
             "config builds (a changed optimizer setting, e.g. optim.max_grad_norm turned on or "
             f"off, or LoRA targets); use another --workdir. Orbax: {e}") from e
-    saved_pairs = meta.get("train_pairs")  # absent in checkpoints of older versions
-    if saved_pairs is not None and saved_pairs != train_pairs \
-            and not config.train.allow_config_change:
-        raise configuration.ConfigError(
-            f"{workdir} was trained on {saved_pairs} training pairs; this config reads "
-            f"{train_pairs}: the data changed, so the run cannot resume as the same run. Use "
-            "another --workdir, or --config.train.allow_config_change=true.")
+    if not config.train.allow_config_change:
+        check_same_data_order(meta, train_pairs, jax.process_count(), workdir)
     best_score, best_step = meta["best_validation_accuracy"], meta.get("best_step")
     if best_step is not None and not checkpoints.has_best(best_step):
         log.warning("the best params of step %d are missing from %s/best: model selection "

@@ -130,11 +130,23 @@ def test_generic_strings_and_both_conversational_forms(tmp_path):
     question = user("Capital of France?")
     records = [{"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Rome."},
                {"prompt": question, "chosen": answer, "rejected": wrong},  # explicit prompt
-               {"chosen": question + answer, "rejected": question + wrong}]  # implicit prompt
+               {"chosen": question + answer, "rejected": question + wrong},  # implicit prompt
+               # explicit prompt repeated in each side (some exports do): taken once
+               {"prompt": question, "chosen": question + answer, "rejected": question + wrong}]
     result = read_preference_file(write_jsonl(tmp_path / "g.jsonl", records), "generic")
     assert result.pairs == [PreferencePair("Capital of France?", "Paris.", "Rome."),
                             PreferencePair(question, "Paris.", "Rome."),
+                            PreferencePair(question, "Paris.", "Rome."),
                             PreferencePair(question, "Paris.", "Rome.")]
+
+
+def test_a_byte_order_mark_opens_a_file(tmp_path):
+    record = {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(record).encode() + b"\n")
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([record]).encode())
+    for name in ("bom.jsonl", "bom.json"):
+        result = read_preference_file(str(tmp_path / name), "generic")
+        assert result.pairs == [PreferencePair("2+2?", "4", "5")] and not result.skipped
 
 
 def test_generic_column_mapping(tmp_path):
@@ -161,6 +173,10 @@ BAD_INPUTS = {
                                    GOOD_HH], "field 'chosen': the response is empty"),
     "prompt_mismatch": ("hh_rlhf", [GOOD_HH, {**GOOD_HH, "rejected": hh(["Hi!"], "No.")},
                                     GOOD_HH], "field 'rejected'"),
+    "empty_prompt": ("generic", [{"prompt": "a", "chosen": "b", "rejected": "c"},
+                                 {"prompt": " ", "chosen": "b", "rejected": "c"},
+                                 {"prompt": "a", "chosen": "b", "rejected": "c"}],
+                     "field 'prompt': the prompt is empty"),
     "malformed_dialogue": ("generic", [{"chosen": [turn("user", "a")], "rejected": "b"}] * 3,
                            "field 'chosen[0].role'"),
 }

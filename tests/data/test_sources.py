@@ -57,6 +57,19 @@ def test_test_split_held_out_when_missing_then_validation(tmp_path):
     assert len(set(seen)) == 100
 
 
+def test_duplicate_pairs_are_kept_once_and_counted_before_the_hold_out(tmp_path):
+    """Repeated pairs would otherwise land in train and validation both."""
+    config = hh_config(train=write_jsonl(tmp_path / "all.jsonl", [hh(i) for i in range(10)] * 5),
+                       test=write_jsonl(tmp_path / "test.jsonl", [hh(100), hh(100), hh(101)]))
+    config.data.validation_fraction = 0.2
+    results = read_splits(config.data)
+    train = {p.chosen for p in results["train"].pairs}
+    validation = {p.chosen for p in results["validation"].pairs}
+    assert len(train) + len(validation) == 10 and not train & validation
+    assert results["train"].filtered == {"duplicate": 40} and results["train"].records == 50
+    assert len(results["test"].pairs) == 2 and results["test"].filtered == {"duplicate": 1}
+
+
 def test_max_train_pairs_and_missing_files(tmp_path):
     config = hh_config(train=write_jsonl(tmp_path / "t.jsonl", [hh(i) for i in range(50)]),
                        test=write_jsonl(tmp_path / "s.jsonl", [hh(i) for i in range(5)]))

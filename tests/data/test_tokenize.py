@@ -51,6 +51,23 @@ def test_truncation_prompt_left_response_right(tokenizer):
     assert stats.prompts_truncated == 1 and stats.responses_truncated == 1
 
 
+def test_a_prompt_cut_from_the_left_keeps_its_bos():
+    """Llama, Mistral and Gemma start every sequence with BOS: the left cut keeps it first."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = "<pad> <eos> <unk> <s> a b c d e f g h".split()
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
+                                  eos_token="<eos>", unk_token="<unk>", bos_token="<s>")
+    data, stats = tokenize_pairs([PreferencePair("a b c d e f", "g", "h")], tok, max_length=6,
+                                 max_prompt_length=4)
+    assert tok.convert_ids_to_tokens(data.tokens[0, 0, :data.lengths[0, 0]].tolist()) == [
+        "<s>", "d", "e", "f", "g", "<eos>"]
+    assert data.prompt_lengths[0] == 4 and stats.prompts_truncated == 1
+
+
 def test_identical_after_truncation_are_dropped_and_counted(tokenizer):
     pairs = [PreferencePair("cat", "one two three four", "one two three five"),
              PreferencePair("cat", "dog", "owl")]

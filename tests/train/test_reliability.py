@@ -179,6 +179,20 @@ def test_retention_keeps_last_k_and_the_best(tmp_path):
     assert meta["best_step"] == int(best[0])
 
 
+def test_resume_refused_on_another_host_count_or_pair_count():
+    """Each host shuffles its own share: on another number of hosts the coming batches would
+    repeat some pairs and skip others."""
+    from hafrm_jax.train.loop import check_same_data_order
+
+    meta = {"train_pairs": 256, "process_count": 2}
+    check_same_data_order(meta, 256, 2, "w")
+    check_same_data_order({}, 100, 4, "w")  # an older checkpoint: nothing to compare
+    with pytest.raises(configuration.ConfigError, match="2 hosts; this job has 1"):
+        check_same_data_order(meta, 256, 1, "w")
+    with pytest.raises(configuration.ConfigError, match="256 training pairs; this job has 128"):
+        check_same_data_order(meta, 128, 2, "w")
+
+
 def test_best_params_survive_a_kill_between_best_and_state_saves(tmp_path):
     """The best params a state refers to stay on disk until a newer state has committed."""
     params = {"w": jnp.ones((4,))}
