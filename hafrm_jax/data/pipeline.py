@@ -44,7 +44,8 @@ class PreparedData:
     splits: dict[str, TokenizedPairs]
     sizes: dict[str, int]  # pairs per split over all hosts, before tokenisation
     stats: dict[str, TokenizeStats]  # of this host's share
-    flipped: np.ndarray  # split positions of the training pairs whose labels were flipped
+    flipped: np.ndarray  # split positions of this host's training pairs whose labels were
+    # flipped (drawn over the split; a drawn pair dropped as identical flips nothing)
     read_counts: dict[str, dict]  # per split: records read, skipped (bad input), filtered
 
 
@@ -93,7 +94,9 @@ def prepare_data(config: ml_collections.ConfigDict, tokenizer, process_index: in
                  "pairs dropped)", name, s.pairs_out, s.prompts_truncated, s.responses_truncated,
                  s.identical_dropped)
     sizes = {name: len(records[name]) for name in SPLITS}
-    splits["train"], flipped = flip_labels(splits["train"], d.label_noise, d.seed, sizes["train"])
-    if len(flipped):
-        log.info("label noise: flipped %d of %d training pairs", len(flipped), sizes["train"])
+    splits["train"], drawn = flip_labels(splits["train"], d.label_noise, d.seed, sizes["train"])
+    flipped = drawn[np.isin(drawn, splits["train"].index)]
+    if len(drawn):
+        log.info("label noise: flipped %d of this host's %d training pairs (%d drawn over the "
+                 "split's %d)", len(flipped), len(splits["train"]), len(drawn), sizes["train"])
     return PreparedData(splits, sizes, stats, flipped, counts)

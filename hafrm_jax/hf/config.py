@@ -51,6 +51,11 @@ def _layer_windows(hf, num_layers: int) -> tuple[int, ...] | None:
     return windows if any(windows) else None
 
 
+# transformers' hidden_act names (ACT2FN) for the gated MLP of the Llama-like families
+_LLAMA_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu",
+                      "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+
 def model_config_from_hf(hf, **execution: Any) -> ModelConfig:
     """A `ModelConfig` from a transformers config object; `execution` sets dtype, remat, ...
 
@@ -71,8 +76,13 @@ def model_config_from_hf(hf, **execution: Any) -> ModelConfig:
         family=family, layer_windows=_layer_windows(hf, hf.num_hidden_layers),
     )
     if family in ("llama", "mistral", "qwen2", "qwen3"):
+        act = _LLAMA_ACTIVATIONS.get(hf.hidden_act)
+        if act is None:
+            raise UnsupportedModelError(
+                f"{family} hidden_act {hf.hidden_act!r} is not supported; supported: "
+                f"{', '.join(_LLAMA_ACTIVATIONS)}")
         attention_bias = bool(getattr(hf, "attention_bias", False))
-        fields.update(norm_eps=hf.rms_norm_eps, mlp_bias=bool(getattr(hf, "mlp_bias", False)),
+        fields.update(activation=act, norm_eps=hf.rms_norm_eps, mlp_bias=bool(getattr(hf, "mlp_bias", False)),
                       qkv_bias=attention_bias or family == "qwen2",
                       attention_out_bias=attention_bias, qk_norm=family == "qwen3")
     if family in ("gemma", "gemma2"):
@@ -135,7 +145,9 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     elif cfg.family in ("mistral", "gemma2", "qwen2", "qwen3"):
         out["sliding_window"] = None
     if cfg.family in ("llama", "mistral", "qwen2", "qwen3"):
-        out.update(rms_norm_eps=cfg.norm_eps, hidden_act="silu")
+        out.update(rms_norm_eps=cfg.norm_eps, hidden_act={"silu": "silu", "gelu": "gelu",
+                                                          "gelu_tanh": "gelu_pytorch_tanh"}[
+                                                              cfg.activation])
         if cfg.family in ("llama", "qwen3"):
             out["attention_bias"] = cfg.attention_out_bias
         if cfg.family == "llama":

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from hafrm_jax.model.config import ModelConfig
+from hafrm_jax.model.config import ModelConfig, RopeScaling
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,35 @@ def gguf_model_config(path: str, **execution: Any) -> ModelConfig:
     if arch != "llama":
         raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported (only llama)")
     names = {t.name for t in reader.tensors}
-    embed = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embed is None:
+        raise ValueError(f"{path}: no tensor 'token_embd.weight' (the token embedding)")
+    if "rope_freqs.weight" in names:  # llama.cpp's form of Llama-3.1 rope scaling
+        raise ValueError(f"{path}: per-frequency RoPE factors (tensor 'rope_freqs.weight', "
+                         "Llama-3.1-style scaling) are not supported from GGUF; use the "
+                         "model's Hugging Face safetensors checkpoint")
+    scaling_type = _field(reader, "llama.rope.scaling.type", "none")
+    if scaling_type not in ("none", "linear"):
+        raise ValueError(f"{path}: llama.rope.scaling.type={scaling_type!r} is not supported "
+                         "(none or linear)")
+    scaling = None
+    if scaling_type == "linear":
+        scaling = RopeScaling("linear", float(_field(reader, "llama.rope.scaling.factor")))
     heads = int(_field(reader, "llama.attention.head_count"))
+    hidden = int(_field(reader, "llama.embedding_length"))
+    head_dim = int(_field(reader, "llama.attention.key_length", hidden // heads))
+    value_dim = int(_field(reader, "llama.attention.value_length", head_dim))
+    rotary = int(_field(reader, "llama.rope.dimension_count", head_dim))
+    if value_dim != head_dim or rotary != head_dim:
+        raise ValueError(f"{path}: key length {head_dim}, value length {value_dim} and rotary "
+                         f"dimensions {rotary} differ: not supported")
     return ModelConfig(
-        vocab_size=int(embed.shape[1]), hidden_size=int(_field(reader, "llama.embedding_length")),
+        vocab_size=int(embed.shape[1]), hidden_size=hidden,
         intermediate_size=int(_field(reader, "llama.feed_forward_length")),
         num_layers=int(_field(reader, "llama.block_count")), num_heads=heads,
         num_kv_heads=int(_field(reader, "llama.attention.head_count_kv", heads)),
-        rope_theta=float(_field(reader, "llama.rope.freq_base", 10_000.0)),
+        head_dim=head_dim if head_dim != hidden // heads else None,
+        rope_theta=float(_field(reader, "llama.rope.freq_base", 10_000.0)), rope_scaling=scaling,
         norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
         tie_embeddings="output.weight" not in names, family="llama", **execution)
 
@@ -104,7 +125,12 @@ def _dequantised(reader, path: str) -> dict[str, np.ndarray]:
 
     out = {}
     for tensor in reader.tensors:
-        array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        try:
+            array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        except NotImplementedError as e:
+            raise ValueError(f"{path}: tensor {tensor.name!r} has GGUF type "
+                             f"{tensor.tensor_type.name}, which the gguf package cannot "
+                             f"dequantise ({e})") from e
         out[tensor.name] = np.asarray(array, np.float32).reshape(
             tuple(int(d) for d in reversed(tensor.shape)))
     log.info("dequantised %d tensors of %s", len(out), path)
@@ -115,9 +141,16 @@ def load_gguf_params(path: str, cfg: ModelConfig, shardings: Any, abstract: Any)
     """Params for `cfg` from a GGUF, in Hugging Face layout then ours, placed on `shardings`."""
     tensors = _dequantised(_reader(path), path)
     hd = cfg.dim_per_head
+    used = set()
+
+    def tensor(name: str) -> np.ndarray:
+        if name not in tensors:
+            raise ValueError(f"{path}: no tensor {name!r}")
+        used.add(name)
+        return tensors[name]
 
     def layer(name: str, i: int) -> np.ndarray:
-        w = tensors[f"blk.{i}.{name}.weight"]
+        w = tensor(f"blk.{i}.{name}.weight")
         if name == "attn_q":
             w = unpermute_rotary(w, cfg.num_heads)
         elif name == "attn_k":
@@ -131,19 +164,28 @@ def load_gguf_params(path: str, cfg: ModelConfig, shardings: Any, abstract: Any)
             return w.reshape(-1, hd, w.shape[1])
         return w
 
-    host: dict = {"backbone": {"embed_tokens": {"embedding": tensors["token_embd.weight"]},
-                               "norm": {"scale": tensors["output_norm.weight"]}, "layers": {}}}
+    host: dict = {"backbone": {"embed_tokens": {"embedding": tensor("token_embd.weight")},
+                               "norm": {"scale": tensor("output_norm.weight")}, "layers": {}}}
     for name, parts in _BLOCK.items():
         node = host["backbone"]["layers"]
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = np.stack([layer(name, i) for i in range(cfg.num_layers)])
     if not cfg.tie_embeddings:
-        host["lm_head"] = {"kernel": tensors["output.weight"].T}
+        host["lm_head"] = {"kernel": tensor("output.weight").T}
+    unused = sorted(set(tensors) - used)
+    if unused:  # biases, say: the model would compute without them
+        raise ValueError(f"{path}: tensors this Llama reader does not map: {unused[:8]}"
+                         f"{' ...' if len(unused) > 8 else ''}")
     host["reward_head"] = {"kernel": np.zeros((cfg.hidden_size, 1), np.float32)}
-    return jax.tree_util.tree_map(
-        lambda x, shape, sharding: jax.device_put(np.asarray(x, shape.dtype), sharding),
-        host, abstract, shardings)
+
+    def place(key, x, shape, sharding):
+        if x.shape != shape.shape:
+            raise ValueError(f"{path}: {jax.tree_util.keystr(key)} has shape {x.shape} in the "
+                             f"file; the model's config says {shape.shape}")
+        return jax.device_put(np.asarray(x, shape.dtype), sharding)
+
+    return jax.tree_util.tree_map_with_path(place, host, abstract, shardings)
 
 
 def load_gguf_tokenizer(path: str):

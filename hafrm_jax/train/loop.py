@@ -319,7 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         "method": objective.method, "steps": step, "best_step": result.best_step,
         "validation": result.validation, "test": result.test,
         "skipped_updates": int(jax.device_get(state.skipped)),
-        "label_noise": config.data.label_noise, "flipped_train_pairs": int(len(data.flipped)),
+        "label_noise": config.data.label_noise, "flipped_train_pairs": _sum_over_hosts(len(data.flipped)),
         # This invocation's wall time (a resumed run counts only its last part).
         "wall_seconds": round(time.perf_counter() - started, 1),
         "device": device_description(),
@@ -346,6 +346,14 @@ def _save_run_files(config, workdir: str, tokenizer, loss_config: LossConfig,
                     pretrained: str | None) -> None:
     save_run_files(config, workdir, tokenizer, loss_config.model,
                    original_hf_config(pretrained) if pretrained else None)
+
+
+def _sum_over_hosts(count: int) -> int:
+    if jax.process_count() == 1:
+        return int(count)
+    from jax.experimental import multihost_utils
+
+    return int(np.sum(multihost_utils.process_allgather(np.asarray(count, np.int64))))
 
 
 def check_same_data_order(meta: dict, train_pairs: int, process_count: int,

@@ -4,6 +4,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from configs.default import get_config
@@ -68,6 +69,26 @@ def test_duplicate_pairs_are_kept_once_and_counted_before_the_hold_out(tmp_path)
     assert len(train) + len(validation) == 10 and not train & validation
     assert results["train"].filtered == {"duplicate": 40} and results["train"].records == 50
     assert len(results["test"].pairs) == 2 and results["test"].filtered == {"duplicate": 1}
+
+
+def test_label_noise_counts_only_the_pairs_it_flipped(tmp_path):
+    """A pair drawn for flipping but dropped as identical after truncation flips nothing."""
+    from hafrm_jax.data import synthetic
+    from hafrm_jax.data.pipeline import prepare_data
+
+    records = [{"prompt": f"cat {i}", "chosen": "red", "rejected": "blue"} for i in range(8)]
+    records += [{"prompt": f"dog {i}", "chosen": "red blue one", "rejected": "red blue two"}
+                for i in range(4)]  # identical once cut to two response tokens
+    config = get_config()
+    config.data.source = "generic"
+    config.data.files.train = write_jsonl(tmp_path / "train.jsonl", records)
+    config.data.files.test = write_jsonl(tmp_path / "test.jsonl", records[:2])
+    config.data.files.validation = write_jsonl(tmp_path / "validation.jsonl", records[:2])
+    config.data.max_length, config.data.max_prompt_length = 5, 2
+    config.data.label_noise = 1.0
+    data = prepare_data(config, synthetic.build_tokenizer())
+    assert data.sizes["train"] == 12 and len(data.splits["train"]) == 8
+    np.testing.assert_array_equal(data.flipped, np.arange(8))
 
 
 def test_max_train_pairs_and_missing_files(tmp_path):

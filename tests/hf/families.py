@@ -15,7 +15,7 @@ FAMILIES = {
     "llama": ("LlamaConfig", dict(rope_scaling={
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 16}, max_position_embeddings=64)),
-    "mistral": ("MistralConfig", dict(sliding_window=4)),
+    "mistral": ("MistralConfig", dict(sliding_window=4, hidden_act="gelu")),  # not SiLU
     "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),
     "qwen3": ("Qwen3Config", dict(head_dim=16)),
     "gemma": ("GemmaConfig", dict(head_dim=8)),

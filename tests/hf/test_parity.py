@@ -78,6 +78,14 @@ def test_unsupported_model_type_lists_the_supported(tmp_path):
         pretrained_model_config(str(tmp_path))
 
 
+def test_an_activation_we_lack_is_refused_not_replaced(tmp_path):
+    config = hf_model("llama").config
+    config.hidden_act = "relu"
+    config.save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="hidden_act 'relu' is not supported"):
+        pretrained_model_config(str(tmp_path))
+
+
 def test_pickle_checkpoints_are_refused(tmp_path):
     hf_model("llama").config.save_pretrained(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
