@@ -9,7 +9,7 @@
 # finished and names the missing ones (rerunning resumes: finished runs are kept). Extra
 # arguments go to every run, e.g. a CPU smoke:
 #   bash experiments/smollm2_hh.sh /tmp/smoke 0 --config.train.steps=2 \
-#       --config.train.batch_size=2 --config.data.max_length=128 --config.train.eval_every=1
+#       --config.train.batch_size=2 --config.data.max_length=128 --config.data.max_prompt_length=64 --config.train.eval_every=1
 #
 # The runs go one after another, sharing a persistent compilation cache: each method compiles
 # once, later seeds start at once. (Three methods side by side on one H100 did not pay: HaF

@@ -10,7 +10,7 @@ import ml_collections
 from hafrm_jax.model.config import (ATTENTION_IMPLS, REMAT_POLICIES, LoraConfig,
                                     ModelConfig, preset)
 from hafrm_jax.objective import METHODS, LossConfig, ObjectiveConfig
-from hafrm_jax.sharding import DEFAULT_RULES
+from hafrm_jax.sharding import DEFAULT_RULES, MESH_AXES
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -72,6 +72,9 @@ def loss_config(config: ml_collections.ConfigDict,
                 pretrained_dir: str | None = None) -> LossConfig:
     return LossConfig(model=model_config(config, pretrained_dir),
                       objective=objective_config(config))
+
+
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def logical_rules(config: ml_collections.ConfigDict) -> tuple:
@@ -189,6 +192,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(m.attention_impl in ATTENTION_IMPLS,
              f"model.attention_impl={m.attention_impl!r}: expected one of "
              f"{', '.join(ATTENTION_IMPLS)}")
+    for key in ("dtype", "param_dtype"):
+        _require(m[key] in MODEL_DTYPES,
+                 f"model.{key}={m[key]!r}: expected one of {', '.join(MODEL_DTYPES)}")
+    _require(m.num_layers is None or m.num_layers >= 1,
+             f"model.num_layers={m.num_layers}: must be at least 1")
+    if d.source == "synthetic":
+        _require(d.num_train >= t.batch_size, f"data.num_train={d.num_train} is below "
+                 f"train.batch_size={t.batch_size}: not one batch")
+        for key in ("num_validation", "num_test"):
+            _require(d[key] >= 1, f"data.{key}={d[key]}: must be at least 1")
+    else:
+        _require(bool(m.name_or_path), f"data.source={d.source!r} is text for a pretrained "
+                 "model: set model.name_or_path (a Hugging Face checkpoint directory, hub id or "
+                 "GGUF)")
+    sizes = [config.mesh.data, config.mesh.fsdp, config.mesh.tensor]
+    _require(all(size == -1 or size >= 1 for size in sizes) and sizes.count(-1) <= 1,
+             f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]}: each must be a positive "
+             "size or -1 (the rest of the devices), at most one -1")
+    if config.mesh.rules is not None:
+        for rule in config.mesh.rules:
+            axes = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+            _require(all(a is None or a in MESH_AXES for a in axes),
+                     f"mesh.rules: {tuple(rule)} maps to an axis not in the mesh "
+                     f"({', '.join(MESH_AXES)})")
     _require(m.lora.rank >= 0, "model.lora.rank must be non-negative")
     _require(0 <= m.lora.dropout < 1, "model.lora.dropout must be in [0, 1)")
     _require(m.lora.alpha > 0, "model.lora.alpha must be positive")

@@ -54,14 +54,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     explicit = coordinator_address is not None
     cluster = _cluster_in_environment()
     if not explicit and cluster is None:
+        if num_processes is not None or process_id is not None:
+            # each process would train on its own, all writing the same workdir
+            raise ValueError("--num_processes / --process_id need --coordinator_address (or a "
+                             "cluster environment: TPU VM, SLURM, Open MPI, "
+                             "JAX_COORDINATOR_ADDRESS)")
         return False
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    if explicit:
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id)
-    else:
-        jax.distributed.initialize()
+    # what the flags give, the environment fills in (auto-detection)
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
     log.info("process %d of %d (%s), %d local of %d devices", jax.process_index(),
              jax.process_count(), cluster or "explicit coordinator", jax.local_device_count(),
              jax.device_count())

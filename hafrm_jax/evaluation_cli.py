@@ -65,6 +65,7 @@ def _dataset_data_config(base, entry):
     """config.data with one `eval.datasets` entry's source settings in place of train's."""
     data = copy.deepcopy(base)
     data.source = entry.get("source", base.source)
+    data.files.train = data.files.validation = ""  # the run's own, not this set's
     data.files.test = entry.get("files", "")
     data.hub.path = entry.get("hub_path", "")
     data.hub.name = entry.get("hub_name", None)

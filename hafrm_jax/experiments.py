@@ -42,6 +42,40 @@ def _curve(workdir: str) -> list[tuple[int, float]]:
     return [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
 
 
+# Settings that decide a run's result: a finished run is reused only where they agree.
+RESULT_KEYS = ("model.", "data.", "optim.", "train.method", "train.alpha", "train.beta",
+               "train.dpo_loss", "train.label_smoothing", "train.reward_centering",
+               "train.reference", "train.steps", "train.batch_size", "train.seed",
+               "train.eval_every")
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_same_experiment(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuse to reuse a finished run trained with other settings (another alpha, steps,
+    recipe, ...): its numbers would be reported under this grid's."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = _flat(json.load(f))
+    new = _flat(json.loads(config.to_json()))
+    changed = sorted(k for k in set(old) & set(new)
+                     if k.startswith(RESULT_KEYS) and old[k] != new[k])
+    if changed:
+        raise ValueError(f"{workdir} holds a finished run with other settings ("
+                         + ", ".join(f"{k}: {old[k]!r} there, {new[k]!r} here" for k in changed)
+                         + "): use another --out, or delete that run to train it again")
+
+
 def run_grid(config: ml_collections.ConfigDict, variants: list[Variant], seeds: list[int],
              noise_rates: list[float], out: str, train_missing: bool = True) -> list[dict]:
     """Train every (variant, noise, seed); finished runs (results.json present) are reused.
@@ -60,19 +94,21 @@ def run_grid(config: ml_collections.ConfigDict, variants: list[Variant], seeds: 
                 if trained_now and not train_missing:
                     log.warning("left out, not finished: %s", workdir)
                     continue
+                run_config = copy.deepcopy(config)
+                run_config.train.method = variant.method
+                if variant.alpha is not None:
+                    run_config.train.alpha = variant.alpha
+                run_config.train.seed = seed
+                run_config.data.label_noise = noise
                 if trained_now:
-                    run_config = copy.deepcopy(config)
-                    run_config.train.method = variant.method
-                    if variant.alpha is not None:
-                        run_config.train.alpha = variant.alpha
-                    run_config.train.seed = seed
-                    run_config.data.label_noise = noise
                     train_and_evaluate(run_config, workdir)
+                else:
+                    _check_same_experiment(workdir, run_config)
                 with open(results_path, encoding="utf-8") as f:
                     result = json.load(f)
                 runs.append({
                     "variant": variant.label(config.train.alpha), "method": variant.method,
-                    "alpha": config.train.alpha if variant.alpha is None else variant.alpha,
+                    "alpha": run_config.train.alpha,
                     "seed": seed, "noise": noise, "workdir": workdir,
                     "test_accuracy": result["test"]["accuracy"],
                     "test_implicit_accuracy": result["test"].get("implicit_accuracy"),

@@ -33,3 +33,21 @@ def test_misspelt_override_fails_before_training(tmp_path):
     assert out.returncode != 0
     assert "stpes" in out.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_process_flags_without_a_coordinator_are_refused(monkeypatch):
+    """--num_processes / --process_id alone would start independent jobs on one workdir."""
+    from hafrm_jax import distributed
+
+    for name in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                 "JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.initialize() is False
+    with pytest.raises(ValueError, match="need --coordinator_address"):
+        distributed.initialize(num_processes=2, process_id=1)
+    calls = []
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    monkeypatch.setattr(distributed.jax.distributed, "initialize",
+                        lambda **kwargs: calls.append(kwargs))
+    distributed.initialize(num_processes=2, process_id=1)
+    assert calls == [{"coordinator_address": None, "num_processes": 2, "process_id": 1}]

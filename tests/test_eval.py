@@ -120,6 +120,14 @@ def test_out_of_distribution_sets_from_the_config(tmp_path, scorer):
         {"ood": {"source": "generic", "files": path}})
     sets = pair_sets_from_config(scorer)
     assert set(sets) == {"test", "ood"} and len(sets["ood"]) == 12
+    # a run trained from local files reads a hub (or TFDS) set as that source alone
+    from hafrm_jax.evaluation_cli import _dataset_data_config
+
+    data = copy.deepcopy(scorer.config.data)
+    data.files.train, data.files.validation, data.files.test = "t.jsonl", "v.jsonl", "s.jsonl"
+    hub = _dataset_data_config(data, {"source": "hh_rlhf", "hub_path": "Anthropic/hh-rlhf"})
+    assert (hub.files.train, hub.files.validation, hub.files.test) == ("", "", "")
+    assert hub.hub.path == "Anthropic/hh-rlhf"
 
 
 def test_plain_text_prompts_are_scored_through_the_runs_template(tmp_path, workdir, scorer):
@@ -169,19 +177,3 @@ def test_a_dpo_run_is_scored_and_exported_by_its_implicit_reward(tmp_path):
     assert out.returncode != 0 and "is a DPO run" in out.stderr
     assert not (tmp_path / "rm").exists()
 
-
-def test_a_lora_run_with_a_bf16_base_is_reloaded_as_it_trained(tmp_path):
-    """model.lora.base_dtype=bfloat16 stores the frozen base rounded to bf16: the merged model
-    (eval, export) and the DPO reference are rebuilt from the rounded base, so eval.py gives
-    the run's own test numbers."""
-    config = small_config(steps=4, eval_every=4)
-    lora = config.model.lora
-    lora.rank, lora.targets, lora.base_dtype = 4, "all", "bfloat16"
-    workdir = str(tmp_path / "lora")
-    train_and_evaluate(config, workdir)
-    scorer = load_scorer(workdir)
-    test = evaluate_pair_sets(scorer, pair_sets_from_config(scorer), bootstrap=0)["test"]
-    saved = json.load(open(f"{workdir}/results.json"))["test"]
-    assert test["reward_margin"] == pytest.approx(saved["reward_margin"], rel=1e-5)
-    # a difference of log-prob sums: float32 rounding of the sums (~1e-5) is its noise
-    assert test["implicit_margin"] == pytest.approx(saved["implicit_margin"], abs=1e-7)

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from tests.train.test_loop import small_config
 
 from hafrm_jax.experiments import Variant, run_grid, summarise, write_report
@@ -38,6 +40,11 @@ def test_report_only_leaves_out_unfinished_runs(tmp_path):
     assert [(r["method"], r["seed"]) for r in both] == [("baseline", 0)]
     assert both[0]["test_accuracy"] == done[0]["test_accuracy"]
     assert not os.path.exists(tmp_path / "runs" / "dpo-noise0-seed0")
+    # a finished run is not reported under other settings (its folder name lacks them)
+    longer = small_config(steps=6, eval_every=2)
+    with pytest.raises(ValueError, match="train.steps: 4 there, 6 here"):
+        run_grid(longer, [Variant("baseline")], seeds=[0], noise_rates=[0.0], out=str(tmp_path),
+                 train_missing=False)
 
 
 def test_random_init_has_only_the_chance_row():

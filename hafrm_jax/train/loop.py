@@ -134,7 +134,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """
     started = time.perf_counter()
     configuration.validate(config)
-    os.makedirs(workdir, exist_ok=True)
     t = config.train
 
     # Model, tokenizer, mesh: every check that needs no data, before any data is read.
@@ -147,9 +146,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         raise configuration.ConfigError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
             f"{loss_config.model.vocab_size}")
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    try:
+        mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    except ValueError as e:  # sizes that do not multiply to this job's devices
+        raise configuration.ConfigError(f"mesh: {e}") from e
     rules = configuration.logical_rules(config)
     _check_batch_fits(config, mesh, rules)
+    os.makedirs(workdir, exist_ok=True)
     checkpoints = RunCheckpoints(workdir, t.keep_checkpoints)
     start = checkpoints.latest_step() or 0
     if start:

@@ -110,9 +110,11 @@ def test_default_task_is_learned(tmp_path):
 
 
 def test_lora_run_resumes_exactly_and_loads_merged(tmp_path):
+    """With the frozen base stored in bf16, as the paper's Mistral recipe does."""
     config = small_config(grad_accum_steps=2)
     lora = config.model.lora
     lora.rank, lora.targets, lora.dropout, lora.train_lm_head = 4, "all", 0.1, True
+    lora.base_dtype = "bfloat16"
     straight = train_and_evaluate(config, str(tmp_path / "straight"))
     assert set(straight.state.params) == {"lora", "reward_head", "lm_head"}  # no base state
     train_and_evaluate(config, str(tmp_path / "resumed"), stop_condition=lambda s: s == 5)
@@ -124,3 +126,13 @@ def test_lora_run_resumes_exactly_and_loads_merged(tmp_path):
     run = load_run(str(tmp_path / "straight"))
     assert run.model_config.lora is None and run.lora.rank == 4
     assert "lora" not in run.params and "lm_head" in run.params
+    # eval.py rebuilds the merged model and the DPO reference from the base rounded to bf16,
+    # as the run computed with it, so it gives the run's own test numbers
+    from hafrm_jax.evaluation_cli import evaluate_pair_sets, pair_sets_from_config
+    from hafrm_jax.scorer import load_scorer
+
+    scorer = load_scorer(str(tmp_path / "straight"))
+    test = evaluate_pair_sets(scorer, pair_sets_from_config(scorer), bootstrap=0)["test"]
+    assert test["reward_margin"] == pytest.approx(straight.test["reward_margin"], rel=1e-5)
+    # a difference of log-prob sums: float32 rounding of the sums (~1e-5) is its noise
+    assert test["implicit_margin"] == pytest.approx(straight.test["implicit_margin"], abs=1e-7)

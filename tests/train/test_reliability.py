@@ -230,7 +230,19 @@ def test_config_errors_before_anything_runs(tmp_path):
     config = small_config(batch_size=6, grad_accum_steps=4)
     with pytest.raises(configuration.ConfigError, match="not divisible"):
         train_and_evaluate(config, str(tmp_path / "c"))
-    for name in ("a", "b", "c"):  # refused before a single file was written
+    bad = {"d": ("mesh.fsdp", 0, "each must be a positive size or -1"),
+           "e": ("model.dtype", "foo", "model.dtype='foo'"),
+           "f": ("model.num_layers", 0, "must be at least 1"),
+           "g": ("data.num_validation", 0, "data.num_validation=0"),
+           "h": ("mesh.rules", (("act_batch", "dp"),), "not in the mesh"),
+           "i": ("mesh.data", 3, "3 x fsdp=1 x tensor=1 = 3 devices")}
+    for name, (key, value, message) in bad.items():
+        config = small_config()
+        group, field = key.split(".")
+        config[group][field] = value
+        with pytest.raises(configuration.ConfigError, match=message):
+            train_and_evaluate(config, str(tmp_path / name))
+    for name in ("a", "b", "c", *bad):  # refused before a single file was written
         assert not os.path.exists(tmp_path / name)
 
 
