@@ -14,6 +14,7 @@ import numpy as np
 
 from hafrm_jax.sharding import device_description
 from hafrm_jax.train.loop import train_and_evaluate
+from hafrm_jax.train.run_files import flat_config
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,6 @@ RESULT_KEYS = ("model.", "data.", "optim.", "train.method", "train.alpha", "trai
                "train.eval_every")
 
 
-def _flat(node: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _check_same_experiment(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuse to reuse a finished run trained with other settings (another alpha, steps,
     recipe, ...): its numbers would be reported under this grid's."""
@@ -66,10 +57,10 @@ def _check_same_experiment(workdir: str, config: ml_collections.ConfigDict) -> N
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
-        old = _flat(json.load(f))
-    new = _flat(json.loads(config.to_json()))
-    changed = sorted(k for k in set(old) & set(new)
-                     if k.startswith(RESULT_KEYS) and old[k] != new[k])
+        old = flat_config(json.load(f))
+    new = flat_config(json.loads(config.to_json()))
+    changed = sorted(k for k in set(old) & set(new) if k.startswith(RESULT_KEYS)
+                     and not isinstance(new[k], dict) and old[k] != new[k])
     if changed:
         raise ValueError(f"{workdir} holds a finished run with other settings ("
                          + ", ".join(f"{k}: {old[k]!r} there, {new[k]!r} here" for k in changed)

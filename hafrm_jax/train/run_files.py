@@ -41,12 +41,13 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _flat(node, prefix="") -> dict:
+def flat_config(node: dict, prefix: str = "") -> dict:
+    """{"a.b.c": value} of a nested config dict; every group is also listed under its own key."""
     out = {}
     for key, value in node.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flat(value, f"{name}."))
+            out.update(flat_config(value, f"{name}."))
         out[name] = value
     return out
 
@@ -61,10 +62,10 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str,
         raise ConfigError(f"{workdir} has checkpoints but no config.json / model_config.json: "
                           "it was not written by this library, or was damaged")
     with open(config_path, encoding="utf-8") as f:
-        old = _flat(json.load(f))
+        old = flat_config(json.load(f))
     with open(model_path, encoding="utf-8") as f:
         old_model = from_dict(json.load(f))
-    new = _flat(json.loads(config.to_json()))
+    new = flat_config(json.loads(config.to_json()))
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
                      and not isinstance(new.get(k, old.get(k)), dict))
     critical = [k for k in changed if k.startswith(RESUME_CRITICAL)]
