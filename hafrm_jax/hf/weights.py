@@ -121,6 +121,7 @@ class CheckpointFiles:
     """The safetensors files of a checkpoint directory, single or sharded with an index."""
 
     def __init__(self, directory: str):
+        self.directory = directory
         index = os.path.join(directory, "model.safetensors.index.json")
         if os.path.exists(index):
             with open(index, encoding="utf-8") as f:
@@ -157,6 +158,10 @@ class CheckpointFiles:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._where[self._key(name)].shape(self._key(name))
+
+    def path_of(self, name: str) -> str:
+        """The file that holds tensor `name`, for error messages."""
+        return self._where[self._key(name)].path
 
     def read(self, name: str, slices: tuple[slice, ...] | None = None) -> np.ndarray:
         return self._where[self._key(name)].read(self._key(name), slices)
@@ -202,13 +207,15 @@ def _read_param_slice(files: CheckpointFiles, name: str, transpose: bool,
     """The part `index` of one (per-layer) param of shape `target`, read from tensor `name`."""
     hf_shape = files.shape(name)
     if transpose and len(hf_shape) != 2:
-        raise ValueError(f"{name}: expected a 2-D weight, found shape {hf_shape}")
+        raise ValueError(f"{files.path_of(name)}: tensor {name}: expected a 2-D weight, "
+                         f"found shape {hf_shape}")
     ours_source = hf_shape[::-1] if transpose else hf_shape  # HF layout, transposed to ours
     try:
         groups = _dim_groups(ours_source, target)
     except ValueError as e:
-        raise ValueError(f"{name}: checkpoint shape {hf_shape} does not fit the model's "
-                         f"{target}") from e
+        raise ValueError(f"{files.path_of(name)}: tensor {name} has shape {hf_shape}, which "
+                         f"does not fit the model's {target} (config.json and weights "
+                         "disagree?)") from e
     sizes = tuple(len(range(*s.indices(n))) for s, n in zip(index, target))
     slices = _source_slices(index, target, groups)
     if slices is None:  # a sharded inner dim: read the whole tensor, then cut
@@ -293,8 +300,8 @@ def _fill_missing(files: CheckpointFiles, tmap: TensorMap, shape, sharding,
         return _load_leaf(files, embedding, shape, sharding)
     if tmap.path == ("lm_head", "bias"):
         return jax.device_put(np.zeros(shape.shape, shape.dtype), sharding)
-    raise ValueError(f"the checkpoint has no tensor {tmap.hf_name!r} (for param "
-                     f"{'/'.join(tmap.path)})")
+    raise ValueError(f"{files.directory}: the checkpoint has no tensor {tmap.hf_name!r} (for "
+                     f"param {'/'.join(tmap.path)})")
 
 
 def to_hf_layout(value: np.ndarray, tmap: TensorMap) -> np.ndarray:

@@ -52,9 +52,9 @@ def test_slices_of_output_projection_and_norm(files):
         tensors["norm.weight"][4:])
 
 
-def test_shape_mismatch_names_the_tensor(files):
+def test_shape_mismatch_names_the_file_and_tensor(files):
     reader, _ = files
-    with pytest.raises(ValueError, match="q.weight: checkpoint shape"):
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor q.weight has shape \(12, 8\)"):
         _read_param_slice(reader, "q.weight", True, (8, 5, 3), (slice(0, 8),) * 3)
 
 
