@@ -49,15 +49,29 @@ def _decoded(value: Any) -> Any:
     return value
 
 
-def _hub_records(data: ml_collections.ConfigDict, split: str) -> Iterable[Mapping]:
+def _hub_parts(data: ml_collections.ConfigDict, split: str) -> list[tuple[str, Iterable]]:
+    """(where, records) of each `data.hub.data_dir` part (e.g. HH-RLHF's
+    "helpful-base,harmless-base"), so that a bad record is located in its part."""
     try:
         import datasets
     except ImportError as e:
         raise ImportError("data.hub needs the `datasets` package: pip install datasets") from e
     data_dirs = [d.strip() for d in (data.hub.data_dir or "").split(",") if d.strip()] or [None]
-    parts = [datasets.load_dataset(data.hub.path, name=data.hub.name, data_dir=d, split=split)
-             for d in data_dirs]  # e.g. HH-RLHF's "helpful-base,harmless-base"
-    return (record for part in parts for record in part)
+    return [(f"hub:{data.hub.path}{'/' + d if d else ''}[{split}]",
+             datasets.load_dataset(data.hub.path, name=data.hub.name, data_dir=d, split=split))
+            for d in data_dirs]
+
+
+def _merged(results: list[ReadResult]) -> ReadResult:
+    def add(counts):
+        total: dict[str, int] = {}
+        for c in counts:
+            for key, n in c.items():
+                total[key] = total.get(key, 0) + n
+        return total
+
+    return ReadResult([p for r in results for p in r.pairs], sum(r.records for r in results),
+                      add(r.skipped for r in results), add(r.filtered for r in results))
 
 
 def _tfds_records(data: ml_collections.ConfigDict, split: str) -> Iterable[Mapping]:
@@ -94,10 +108,10 @@ def read_split(data: ml_collections.ConfigDict, split: str) -> ReadResult | None
     if not name:
         return None
     if kind == "hub":
-        records, where = _hub_records(data, name), f"hub:{data.hub.path}[{name}]"
-    else:
-        records, where = _tfds_records(data, name), f"tfds:{data.tfds.name}[{name}]"
-    return read_preference_records(records, where, **common)
+        return _merged([read_preference_records(records, where, **common)
+                        for where, records in _hub_parts(data, name)])
+    return read_preference_records(_tfds_records(data, name), f"tfds:{data.tfds.name}[{name}]",
+                                   **common)
 
 
 def hold_out(result: ReadResult, fraction: float, seed: int) -> tuple[ReadResult, ReadResult]:

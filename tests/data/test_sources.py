@@ -128,3 +128,16 @@ def test_hub_source_loads_each_data_dir(monkeypatch):
     assert ("Anthropic/hh-rlhf", "harmless-base", "test") in calls
     assert len(results["test"].pairs) == 20
     assert len(results["train"].pairs) + len(results["validation"].pairs) == 20
+    assert results["test"].records == 20
+
+    def with_a_bad_record(path, name=None, data_dir=None, split=None):
+        rows = [hh(f"{data_dir}-{split}-{i}") for i in range(3)]
+        if data_dir == "harmless-base":
+            rows[1] = {**rows[1], "chosen": 7}
+        return rows
+
+    monkeypatch.setitem(sys.modules, "datasets",
+                        types.SimpleNamespace(load_dataset=with_a_bad_record))
+    with pytest.raises(ValueError, match=r"hub:Anthropic/hh-rlhf/harmless-base\[train\]: "
+                                         r"record index 1: field 'chosen'"):
+        read_splits(config.data)
