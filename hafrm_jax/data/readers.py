@@ -400,7 +400,8 @@ def _read(source: str, located: Iterable[tuple[str, Any]], reader: Reader, optio
     return ReadResult(pairs, records, dict(skipped), dict(filtered))
 
 
-def _merge(results: list[ReadResult]) -> ReadResult:
+def merge_results(results: list[ReadResult]) -> ReadResult:
+    """One ReadResult of several sources: pairs in order, counts summed."""
     skipped, filtered = collections.Counter(), collections.Counter()
     for result in results:
         skipped.update(result.skipped)
@@ -432,7 +433,7 @@ def read_preference_file(paths: PathLike | Sequence[PathLike], format: str, *,
     reader, options = _reader(format, on_error, options)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    return _merge([_read(os.fspath(path), iter_records(path), reader, options, on_error)
+    return merge_results([_read(os.fspath(path), iter_records(path), reader, options, on_error)
                    for path in paths])
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from hafrm_jax.data.readers import ReadResult, read_preference_file, read_preference_records
+from hafrm_jax.data.readers import (ReadResult, merge_results, read_preference_file,
+                                    read_preference_records)
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +63,6 @@ def _hub_parts(data: ml_collections.ConfigDict, split: str) -> list[tuple[str, I
             for d in data_dirs]
 
 
-def _merged(results: list[ReadResult]) -> ReadResult:
-    def add(counts):
-        total: dict[str, int] = {}
-        for c in counts:
-            for key, n in c.items():
-                total[key] = total.get(key, 0) + n
-        return total
-
-    return ReadResult([p for r in results for p in r.pairs], sum(r.records for r in results),
-                      add(r.skipped for r in results), add(r.filtered for r in results))
-
-
 def _tfds_records(data: ml_collections.ConfigDict, split: str) -> Iterable[Mapping]:
     try:
         import tensorflow_datasets as tfds
@@ -108,7 +97,7 @@ def read_split(data: ml_collections.ConfigDict, split: str) -> ReadResult | None
     if not name:
         return None
     if kind == "hub":
-        return _merged([read_preference_records(records, where, **common)
+        return merge_results([read_preference_records(records, where, **common)
                         for where, records in _hub_parts(data, name)])
     return read_preference_records(_tfds_records(data, name), f"tfds:{data.tfds.name}[{name}]",
                                    **common)
