@@ -118,7 +118,7 @@ def evaluate_pair_sets(scorer: RewardScorer, sets: dict, bootstrap: int,
         out["identical_pairs_dropped"] = stats.identical_dropped
         results[name] = out
         margins_by_set[name] = scores["rewards"] if primary == "reward" else \
-            scorer.beta * (scores["logps"] - scores["ref_logps"])
+            metrics.implicit_rewards(scores["logps"], scores["ref_logps"], scorer.beta)
     if plot:
         plot_margins(margins_by_set, plot)
     return results

@@ -45,6 +45,11 @@ def margin_metrics(margins: np.ndarray) -> dict[str, float]:
             "margin": float(np.mean(margins)), "ece": expected_calibration_error(margins)}
 
 
+def implicit_rewards(logps: np.ndarray, ref_logps: np.ndarray, beta: float) -> np.ndarray:
+    """DPO's implicit reward beta * (logp - ref_logp), elementwise (any shape)."""
+    return beta * (np.asarray(logps) - np.asarray(ref_logps))
+
+
 def score_margins(rewards: np.ndarray | None, logps: np.ndarray | None,
                   ref_logps: np.ndarray | None, beta: float) -> dict[str, np.ndarray]:
     """Per-pair margins [pairs] of each available score kind, from scores [pairs, 2]."""
@@ -52,7 +57,7 @@ def score_margins(rewards: np.ndarray | None, logps: np.ndarray | None,
     if rewards is not None:
         out["reward"] = rewards[:, 0] - rewards[:, 1]
     if logps is not None and ref_logps is not None:
-        implicit = beta * (logps - ref_logps)
+        implicit = implicit_rewards(logps, ref_logps, beta)
         out["implicit"] = implicit[:, 0] - implicit[:, 1]
     return out
 

@@ -22,6 +22,7 @@ from hafrm_jax.data.tokenize import TokenizeStats, tokenize_pairs, tokenize_resp
 from hafrm_jax.evaluation import eval_batch_size, make_score_fn, score_pairs
 from hafrm_jax.hf.checkpoint import pretrained_model_config, resolve_checkpoint
 from hafrm_jax.hf.tokenizer import load_tokenizer
+from hafrm_jax.metrics import implicit_rewards
 from hafrm_jax.model.config import ModelConfig
 from hafrm_jax.sharding import DEFAULT_RULES, Rules, make_mesh
 from hafrm_jax.train.state import init_params
@@ -91,7 +92,7 @@ class RewardScorer:
         if self.scored_by == "implicit":
             logps = self._score(data, True, params=self.params)["logps"][:, 0]
             ref_logps = self._score(data, True, params=self.ref_params)["logps"][:, 0]
-            return self.beta * (logps - ref_logps)
+            return implicit_rewards(logps, ref_logps, self.beta)
         return self._score(data, with_logprobs=False)["rewards"][:, 0]
 
 
