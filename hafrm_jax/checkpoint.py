@@ -72,10 +72,9 @@ class RunCheckpoints:
         one; delete the older bests."""
         if committed is None:
             return
-        kept = [b for b in self._best.all_steps() if b <= committed]
-        for best in kept:
-            if best < max(kept):
-                self._best.delete(best)
+        older = sorted(b for b in self._best.all_steps() if b <= committed)[:-1]
+        for best in older:
+            self._best.delete(best)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         restored = self._state.restore(step, args=ocp.args.Composite(

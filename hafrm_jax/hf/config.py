@@ -51,9 +51,10 @@ def _layer_windows(hf, num_layers: int) -> tuple[int, ...] | None:
     return windows if any(windows) else None
 
 
-# transformers' hidden_act names (ACT2FN) for the gated MLP of the Llama-like families
-_LLAMA_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu",
-                      "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+# transformers' hidden_act names (ACT2FN) -> ours, and ours -> the name an export writes
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu",
+                "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+_HF_ACTIVATION = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 
 
 def model_config_from_hf(hf, **execution: Any) -> ModelConfig:
@@ -76,13 +77,13 @@ def model_config_from_hf(hf, **execution: Any) -> ModelConfig:
         family=family, layer_windows=_layer_windows(hf, hf.num_hidden_layers),
     )
     if family in ("llama", "mistral", "qwen2", "qwen3"):
-        act = _LLAMA_ACTIVATIONS.get(hf.hidden_act)
-        if act is None:
+        if hf.hidden_act not in _ACTIVATIONS:
             raise UnsupportedModelError(
                 f"{family} hidden_act {hf.hidden_act!r} is not supported; supported: "
-                f"{', '.join(_LLAMA_ACTIVATIONS)}")
+                f"{', '.join(_ACTIVATIONS)}")
         attention_bias = bool(getattr(hf, "attention_bias", False))
-        fields.update(activation=act, norm_eps=hf.rms_norm_eps, mlp_bias=bool(getattr(hf, "mlp_bias", False)),
+        fields.update(activation=_ACTIVATIONS[hf.hidden_act], norm_eps=hf.rms_norm_eps,
+                      mlp_bias=bool(getattr(hf, "mlp_bias", False)),
                       qkv_bias=attention_bias or family == "qwen2",
                       attention_out_bias=attention_bias, qk_norm=family == "qwen3")
     if family in ("gemma", "gemma2"):
@@ -90,7 +91,7 @@ def model_config_from_hf(hf, **execution: Any) -> ModelConfig:
         if act not in ("gelu_pytorch_tanh", "gelu"):
             raise UnsupportedModelError(f"Gemma activation {act!r} is not supported")
         fields.update(norm_eps=hf.rms_norm_eps, norm_offset=1.0, embed_scale=True,
-                      activation="gelu_tanh" if act == "gelu_pytorch_tanh" else "gelu",
+                      activation=_ACTIVATIONS[act],
                       qkv_bias=bool(getattr(hf, "attention_bias", False)),
                       attention_out_bias=bool(getattr(hf, "attention_bias", False)))
     if family == "gemma2":
@@ -145,15 +146,13 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
     elif cfg.family in ("mistral", "gemma2", "qwen2", "qwen3"):
         out["sliding_window"] = None
     if cfg.family in ("llama", "mistral", "qwen2", "qwen3"):
-        out.update(rms_norm_eps=cfg.norm_eps, hidden_act={"silu": "silu", "gelu": "gelu",
-                                                          "gelu_tanh": "gelu_pytorch_tanh"}[
-                                                              cfg.activation])
+        out.update(rms_norm_eps=cfg.norm_eps, hidden_act=_HF_ACTIVATION[cfg.activation])
         if cfg.family in ("llama", "qwen3"):
             out["attention_bias"] = cfg.attention_out_bias
         if cfg.family == "llama":
             out["mlp_bias"] = cfg.mlp_bias
     if cfg.family in ("gemma", "gemma2"):
-        act = "gelu_pytorch_tanh" if cfg.activation == "gelu_tanh" else "gelu"
+        act = _HF_ACTIVATION[cfg.activation]
         out.update(rms_norm_eps=cfg.norm_eps, hidden_activation=act, hidden_act=act)
     if cfg.family == "gemma2":
         out.update(query_pre_attn_scalar=cfg.query_pre_attn_scalar,
