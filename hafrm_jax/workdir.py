@@ -116,6 +116,6 @@ def starting_params(config: ml_collections.ConfigDict, model_config: ModelConfig
     if lora.rank == 0 or not lora.get("base_dtype"):
         return params
     dtype = jax.numpy.dtype(lora.base_dtype)
-    trained = {"reward_head"} | ({"lm_head"} if lora.train_lm_head else set())
-    return {name: tree if name in trained else jax.tree_util.tree_map(
-        lambda x: x.astype(dtype).astype(x.dtype), tree) for name, tree in params.items()}
+    trained, frozen = split_trainable(params, {}, lora.train_lm_head)  # as training splits it
+    rounded = jax.tree_util.tree_map(lambda x: x.astype(dtype).astype(x.dtype), frozen)
+    return model_variables(trained, rounded)["params"]
