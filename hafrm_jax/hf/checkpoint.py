@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
 from typing import Any
 
 from hafrm_jax.hf import gguf
-from hafrm_jax.hf.config import load_hf_config, model_config_from_hf
+from hafrm_jax.hf.config import UnsupportedModelError, load_hf_config, model_config_from_hf
 from hafrm_jax.hf.weights import load_params
 from hafrm_jax.model.config import ModelConfig
 from hafrm_jax.train.state import count_params
@@ -39,17 +40,32 @@ def resolve_checkpoint(name_or_path: str) -> str:
 
     log.info("downloading %s from the Hugging Face hub (safetensors only)", name_or_path)
     try:
-        return snapshot_download(name_or_path, allow_patterns=_DOWNLOAD_PATTERNS)
+        directory = snapshot_download(name_or_path, allow_patterns=_DOWNLOAD_PATTERNS)
     except Exception as e:  # offline, unknown repo, gated model, ...
         raise FileNotFoundError(
             f"model.name_or_path={name_or_path!r} is neither a local directory nor a hub "
             f"model that could be downloaded ({type(e).__name__}: {e})") from e
+    if not glob.glob(os.path.join(directory, "*.safetensors")):
+        # the patterns leave pickled weights on the hub: say so, not "no safetensors" alone
+        from huggingface_hub import list_repo_files
+
+        pickled = [f for f in list_repo_files(name_or_path) if f.endswith((".bin", ".pt"))]
+        what = (f"only PyTorch pickle weights ({', '.join(pickled[:3])}), which are never "
+                "loaded here (unpickling can run code); convert them to safetensors first, "
+                "or use a repo that has safetensors") if pickled else "no safetensors weights"
+        raise FileNotFoundError(f"hub model {name_or_path!r} has {what}")
+    return directory
 
 
 def pretrained_model_config(directory: str, **execution: Any) -> ModelConfig:
+    """Our ModelConfig for a checkpoint directory or GGUF file; what it cannot express is
+    refused, naming the file."""
     if gguf.is_gguf(directory):
         return gguf.gguf_model_config(directory, **execution)
-    return model_config_from_hf(load_hf_config(directory), **execution)
+    try:
+        return model_config_from_hf(load_hf_config(directory), **execution)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{os.path.join(directory, 'config.json')}: {e}") from e
 
 
 def load_pretrained_params(directory: str, model_config: ModelConfig, shardings: Any,

@@ -7,7 +7,7 @@ import pytest
 
 from tests.hf.families import FAMILIES, hf_model, hf_positions, padded_batch, torch
 
-from hafrm_jax.hf.checkpoint import pretrained_model_config
+from hafrm_jax.hf.checkpoint import pretrained_model_config, resolve_checkpoint
 from hafrm_jax.hf.config import UnsupportedModelError
 from hafrm_jax.model.hybrid import HybridRewardModel
 from hafrm_jax.sharding import DEFAULT_RULES, make_mesh
@@ -84,6 +84,30 @@ def test_an_activation_we_lack_is_refused_not_replaced(tmp_path):
     config.save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match="hidden_act 'relu' is not supported"):
         pretrained_model_config(str(tmp_path))
+
+
+def test_an_unsupported_rope_type_names_the_config_file(tmp_path):
+    config = hf_model("llama").config
+    config.rope_parameters = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                              "original_max_position_embeddings": 64}
+    config.save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match=r"config\.json: rope_type 'yarn'"):
+        pretrained_model_config(str(tmp_path))
+
+
+def test_a_hub_repo_with_only_pickle_weights_is_refused_with_the_reason(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def fake_download(name, allow_patterns):  # what the patterns let through: no weights
+        hf_model("llama").config.save_pretrained(tmp_path)
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files",
+                        lambda name: ["config.json", "pytorch_model.bin"])
+    with pytest.raises(FileNotFoundError, match="only PyTorch pickle weights "
+                                                r"\(pytorch_model\.bin\), which are never"):
+        resolve_checkpoint("someone/old-model")
 
 
 def test_pickle_checkpoints_are_refused(tmp_path):
