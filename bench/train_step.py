@@ -20,10 +20,21 @@ rejected, chunked LM-head log-probs, AdamW with float32 master weights), on rand
 real shape, with precomputed reference log-probs, as in the issue's PyTorch anchor.
 
 FLOPs per step (the anchor's formula, forward x 3 for forward + backward):
-  3 * tokens * (L * (2 * (d*d + 2*d*kv + d*d) + 6*d*ff + 2*T*d) + [2*d*V with the LM head])
-where kv = num_kv_heads * head_dim, T the sequence length (causal attention: half of 4*T*d),
-and the LM-head term only for methods that use it (haf, dpo). MFU divides model TFLOP/s by the
-bf16 matmul peak measured at start-up on the same device.
+  3 * tokens * (L * (2 * (d*d + 2*d*kv + d*d) + 2*m*d*ff + 2*T*d) + [2*d*V with the LM head])
+where kv = num_kv_heads * head_dim, m = 3 for a gated MLP (gate, up, down) and 2 for a plain
+one (Phi-2), T the sequence length (causal attention: half of 4*T*d), and the LM-head term
+only for methods that use it (haf, dpo). "TFLOP/s" and "MFU" (over the bf16 matmul peak
+measured at start-up on the same device) use this count for every stack, so they compare
+across stacks. It charges the LM head at every position, as the anchor runs it (trl's way:
+logits of the whole sequence, then masked); our step runs it on the chunks holding response
+tokens only (half of each sequence here), so "MFU own" also prints our MFU counting the LM-head
+positions we run (for PyTorch rows it is the same as MFU).
+
+The PyTorch anchor (bench/torch_reference.py, the issue's ../shared/bench/torch_anchor.py
+step) is kept as the issue measured it: AdamW with torch's default weight decay 0.01 and no
+gradient clipping. Our step clips at global norm 1.0 (our default; one more pass over the
+gradients) with weight decay 0. For PyTorch rows "compile s" is the first 3 steps' time (the
+warm-up; with torch.compile most of it is compiling).
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -58,13 +70,20 @@ from hafrm_jax.train.state import create_train_state, init_params  # noqa: E402
 from hafrm_jax.train.step import train_step  # noqa: E402
 
 
-def step_flops(cfg: ModelConfig, pairs: int, seq: int, with_lm_head: bool) -> float:
+def step_flops(cfg: ModelConfig, pairs: int, seq: int, with_lm_head: bool,
+               lm_head_positions: int | None = None) -> float:
+    """Model FLOPs of one step (the module docstring's formula); the LM head at
+    `lm_head_positions` positions of each sequence (default: all `seq`, the anchor's count)."""
     d, ff, layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
     kv = cfg.num_kv_heads * cfg.dim_per_head
-    per_layer = 2 * (d * d + 2 * d * kv + d * d) + 2 * 3 * d * ff
+    mlp_matmuls = 3 if cfg.mlp == "gated" else 2
+    per_layer = 2 * (d * d + 2 * d * kv + d * d) + 2 * mlp_matmuls * d * ff
     attention = 2 * 2 * seq * d / 2
-    forward = layers * (per_layer + attention) + (2 * d * vocab if with_lm_head else 0)
-    return 3 * forward * (2 * pairs * seq)
+    sequences = 2 * pairs
+    backbone = layers * (per_layer + attention) * sequences * seq
+    head_positions = seq if lm_head_positions is None else lm_head_positions
+    head = 2 * d * vocab * sequences * head_positions if with_lm_head else 0
+    return 3 * (backbone + head)
 
 
 def matmul_peak_tflops(size: int, dtype=jnp.bfloat16, repeats: int = 10) -> float:
@@ -177,10 +196,15 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
                 profile = dict(dir=profile_dir, error=f"{type(e).__name__}: {e}"[:300],
                                timelines=[])
     tokens = 2 * pairs * seq
-    tflops = step_flops(cfg, pairs, seq, method != "baseline") / step_s / 1e12
+    uses_head = method != "baseline"
+    tflops = step_flops(cfg, pairs, seq, uses_head) / step_s / 1e12
+    # the positions our LM-head loops run: every chunk holding a response token
+    own_positions = min(seq, logprob_loop_trips(cfg, seq) * cfg.logprob_chunk)
+    own_tflops = step_flops(cfg, pairs, seq, uses_head, own_positions) / step_s / 1e12
     return dict(stack="hafrm-jax", method=method, pairs=pairs, seq=seq, step_s=round(step_s, 4),
                 tokens_per_s=round(tokens / step_s), tflops=round(tflops, 2),
-                mfu=round(tflops / peak_tflops, 4), peak_mem_gb=peak_memory_gb(),
+                mfu=round(tflops / peak_tflops, 4),
+                mfu_own=round(own_tflops / peak_tflops, 4), peak_mem_gb=peak_memory_gb(),
                 compile_s=round(compile_s, 1), loss=float(metrics["loss/total"]),
                 fused_attention_calls=attention_calls,
                 device=jax.devices()[0].device_kind, **({"profile": profile} if profile else {}))
@@ -229,6 +253,11 @@ class Case:
                 or (len(fields) == 4 and option_texts):
             raise SystemExit(f"bad case {text!r}: expected shape:method:seq[+option=value...] "
                              "(ours) or shape:method:seq:eager|compile (PyTorch)")
+        if fields[0] not in PRESETS:
+            raise SystemExit(f"bad case {text!r}: unknown shape {fields[0]!r}; shapes: "
+                             + ", ".join(sorted(PRESETS)))
+        if not fields[2].isdigit() or int(fields[2]) < 2:
+            raise SystemExit(f"bad case {text!r}: seq {fields[2]!r} must be an integer >= 2")
         options = []
         for option in option_texts:
             name, _, value = option.partition("=")
@@ -251,6 +280,21 @@ class Case:
     def label(self) -> str:
         return self.stack + (" compile" if self.compile else " eager" if self.stack == "torch"
                              else "") + "".join(f" {n}={v}" for n, v in self.options)
+
+
+def with_torch_cases(cases: list[Case]) -> list[Case]:
+    """`cases`, then the PyTorch step (eager and compiled) of each (shape, method, seq) of
+    ours, once each, and only where not listed already (a torch.compile case costs ~1.5 min
+    of warm-up on a time-boxed GPU)."""
+    out = list(cases)
+    for case in cases:
+        if case.stack != "hafrm-jax":
+            continue
+        for compile_ in (False, True):
+            torch_case = Case("torch", case.shape, case.method, case.seq, compile_)
+            if torch_case not in out:
+                out.append(torch_case)
+    return out
 
 
 def case_model_config(case: Case, args) -> ModelConfig:
@@ -288,6 +332,9 @@ def _spawn(argv: list[str], timeout: float, xla_flags: str = "") -> tuple[dict |
     result or None, its output tail)."""
     env = dict(os.environ)
     claim_gpu_memory(env=env)  # the case owns the device
+    # whole tracebacks: with JAX's filtering on, the last line of an error is its note about
+    # removed frames, not the error
+    env["JAX_TRACEBACK_FILTERING"] = "off"
     if xla_flags:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     try:
@@ -298,15 +345,25 @@ def _spawn(argv: list[str], timeout: float, xla_flags: str = "") -> tuple[dict |
     for line in reversed(out.stdout.splitlines()):
         if line.startswith(_RESULT):
             return json.loads(line[len(_RESULT):]), ""
-    last_lines = (out.stderr or out.stdout).strip().splitlines()
-    return None, last_lines[-1][:300] if last_lines else f"exit status {out.returncode}"
+    return None, _error_line(out.stderr or out.stdout, out.returncode)
+
+
+def _error_line(output: str, returncode: int) -> str:
+    """The line of a failed case's output that names its error: the last "SomeError: ..." or
+    "SomeException: ..." line, else the last line."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    errors = [line for line in lines
+              if re.match(r"^[\w.]*(Error|Exception|Exhausted|Interrupt)\b", line)]
+    if errors:
+        return errors[-1][:300]
+    return lines[-1][:300] if lines else f"exit status {returncode}"
 
 
 def _print_table(rows: list[dict], header: str) -> None:
     print(header)
-    print("| shape | stack | method | seq | tokens/s | TFLOP/s | MFU | peak GiB | compile s "
-          "| step s | case wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| shape | stack | method | seq | tokens/s | TFLOP/s | MFU | MFU own | peak GiB "
+          "| compile s | step s | case wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['shape']} | {r['label']} | {r['method']} | {r['seq']} | "
@@ -315,7 +372,7 @@ def _print_table(rows: list[dict], header: str) -> None:
         mem = "-" if r.get("peak_mem_gb") is None else f"{r['peak_mem_gb']:.1f}"
         mfu = r.get("mfu", "-")
         print(f"| {r['shape']} | {r['label']} | {r['method']} | {r['seq']} | "
-              f"{r['tokens_per_s']} | {r['tflops']} | {mfu} | {mem} | "
+              f"{r['tokens_per_s']} | {r['tflops']} | {mfu} | {r.get('mfu_own', mfu)} | {mem} | "
               f"{r.get('compile_s', r.get('warmup_s', '-'))} | {r['step_s']} | "
               f"{r['case_wall_s']} |")
     ok = [r for r in rows if "error" not in r]
@@ -401,11 +458,10 @@ def main():
     if args.cases:
         cases = [Case.parse(c) for c in args.cases.split(",")]
     else:
-        cases = [Case("hafrm-jax", args.shape, m, int(seq)) for seq in args.seqs.split(",")
+        cases = [Case.parse(f"{args.shape}:{m}:{seq}") for seq in args.seqs.split(",")
                  for m in args.methods.split(",")]
     if args.compare_torch:
-        cases += [Case("torch", c.shape, c.method, c.seq, compile_) for c in list(cases)
-                  for compile_ in (False, True)]
+        cases = with_torch_cases(cases)
     passthrough = [f"--pairs={args.pairs}", f"--steps={args.steps}", f"--dtype={args.dtype}",
                    f"--remat={args.remat}", f"--chunk={args.chunk}", f"--unroll={args.unroll}",
                    f"--peak-size={args.peak_size}"] + (["--smoke"] if args.smoke else []) \

@@ -1,5 +1,6 @@
 """The benchmark's FLOP formula and its CPU smoke mode (the only part CI runs)."""
 
+import dataclasses
 import pathlib
 import subprocess
 import sys
@@ -17,6 +18,50 @@ def test_flops_formula_matches_the_pytorch_anchor():
     # the plain reward model has no LM-head term
     assert step_flops(PRESETS["qwen2.5-0.5b"], 8, 1024, False) < step_flops(
         PRESETS["qwen2.5-0.5b"], 8, 1024, True)
+
+
+def test_flops_count_a_plain_mlp_as_two_matmuls_and_the_lm_head_where_it_runs():
+    phi = PRESETS["phi-2"]
+    d, ff, layers, tokens = phi.hidden_size, phi.intermediate_size, phi.num_layers, 2 * 8 * 1024
+    gated = dataclasses.replace(phi, mlp="gated")
+    # one more [d, ff] matmul a layer, forward and backward (x 3)
+    assert step_flops(gated, 8, 1024, False) - step_flops(phi, 8, 1024, False) == \
+        pytest.approx(3 * layers * 2 * d * ff * tokens)
+    qwen = PRESETS["qwen2.5-0.5b"]
+    head = 3 * 2 * qwen.hidden_size * qwen.vocab_size * 2 * 8  # a position, every sequence
+    assert step_flops(qwen, 8, 1024, True) - step_flops(qwen, 8, 1024, True, 512) == \
+        pytest.approx(head * 512)
+    assert step_flops(qwen, 8, 1024, True, 1024) == step_flops(qwen, 8, 1024, True)
+
+
+def test_compare_torch_adds_each_pytorch_case_once():
+    from bench.train_step import Case, with_torch_cases
+
+    ours = [Case.parse(c) for c in ("qwen2.5-0.5b:haf:1024", "qwen2.5-0.5b:haf:1024+chunk=512",
+                                    "qwen2.5-0.5b:haf:1024:compile", "qwen2.5-0.5b:baseline:1024")]
+    specs = [c.spec() for c in with_torch_cases(ours)]
+    assert specs == [c.spec() for c in ours] + ["qwen2.5-0.5b:haf:1024:eager",
+                                                  "qwen2.5-0.5b:baseline:1024:eager",
+                                                  "qwen2.5-0.5b:baseline:1024:compile"]
+
+
+def test_a_failed_case_reports_its_error_not_the_traceback_note():
+    from bench.train_step import _error_line
+
+    output = """Traceback (most recent call last):
+  File "bench/train_step.py", line 1, in <module>
+    raise ValueError("inner")
+ValueError: inner
+
+The above exception was the direct cause of the following exception:
+
+jaxlib._jax.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9 GiB.
+--------------------
+For simplicity, JAX has removed its internal frames from the traceback of the following exception.
+"""
+    assert _error_line(output, 1).startswith("jaxlib._jax.XlaRuntimeError: RESOURCE_EXHAUSTED")
+    assert _error_line("Killed\n", 137) == "Killed"
+    assert _error_line("", 137) == "exit status 137"
 
 
 @pytest.mark.slow
@@ -40,7 +85,8 @@ def test_case_specs_round_trip_and_bad_ones_are_refused():
     assert [Case.parse(c.spec()) for c in (ours, theirs)] == [ours, theirs]
     assert theirs.label() == "torch compile"
     for bad in ("qwen2.5-0.5b:dpo:1024", "qwen2.5-0.5b:haf", "qwen2.5-0.5b:haf:1024:jit",
-                "qwen2.5-0.5b:haf:1024:eager+chunk=256"):
+                "qwen2.5-0.5b:haf:1024:eager+chunk=256", "qwen2.5-05b:haf:1024",
+                "tiny:haf:1o24", "tiny:haf:0", "tiny:haf:-64"):
         with pytest.raises(SystemExit, match="bad case"):
             Case.parse(bad)
     variant = Case.parse("qwen2.5-0.5b:haf:1024+chunk=512+remat=none")
