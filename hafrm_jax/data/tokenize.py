@@ -81,13 +81,23 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def sequence_start_token(tokenizer) -> int | None:
+    """The BOS id where the tokenizer itself starts every sequence with it (Llama, Mistral,
+    Gemma), else None: a `bos_token` the tokenizer never adds (SmolLM2's is its chat-turn
+    opener <|im_start|>; Qwen has none) is not put first by us either."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    return bos if list(tokenizer("a", add_special_tokens=True)["input_ids"][:1]) == [bos] \
+        else None
+
+
 def encode_prompt(prompt, tokenizer, chat_format: str = "auto",
-                  prompt_template: str = "{prompt}") -> list[int]:
-    """Prompt ids, with the BOS token first where the tokenizer has one and the text lacks it."""
+                  prompt_template: str = "{prompt}", bos: int | None = None) -> list[int]:
+    """Prompt ids, with `bos` (see `sequence_start_token`) first where the text lacks it."""
     text = prompt_text(prompt, tokenizer, chat_format, prompt_template)
     ids = _encode(tokenizer, text)
-    bos = tokenizer.bos_token_id
-    if bos is not None and not text.startswith(tokenizer.bos_token) and ids[:1] != [bos]:
+    if bos is not None and ids[:1] != [bos]:
         ids = [bos] + ids
     return ids
 
@@ -101,7 +111,8 @@ def _response_prefix(tokenizer, chat_format: str, prompt) -> str:
 def _fit(prompt: list[int], response: list[int], eos: int, max_length: int,
          max_prompt_length: int, bos: int | None = None) -> tuple[list[int], list[int], bool, bool]:
     """(prompt, response + [eos]) cut to the limits; and whether each was cut. A prompt cut from
-    the left keeps its leading BOS (the models are trained with it first)."""
+    the left keeps its leading `bos` (the sequence-start token of `sequence_start_token`: the
+    models are trained with it first)."""
     prompt_cut = len(prompt) > max_prompt_length
     if prompt_cut:
         keep_bos = bos is not None and prompt[:1] == [bos]
@@ -125,11 +136,12 @@ def tokenize_responses(prompts: list, responses: list[str], tokenizer, max_lengt
     tokens = np.full((len(prompts), 1, max_length), pad, np.int32)
     lengths = np.zeros((len(prompts), 1), np.int32)
     prompt_lengths = np.zeros((len(prompts),), np.int32)
+    bos = sequence_start_token(tokenizer)
     for i, (prompt, text) in enumerate(zip(prompts, responses)):
         prompt_ids, response_ids, _, _ = _fit(
-            encode_prompt(prompt, tokenizer, chat_format, prompt_template),
+            encode_prompt(prompt, tokenizer, chat_format, prompt_template, bos),
             _encode(tokenizer, _response_prefix(tokenizer, chat_format, prompt) + text), eos,
-            max_length, max_prompt_length, tokenizer.bos_token_id)
+            max_length, max_prompt_length, bos)
         ids = prompt_ids + response_ids
         tokens[i, 0, :len(ids)], lengths[i, 0], prompt_lengths[i] = ids, len(ids), len(prompt_ids)
     return TokenizedPairs(tokens, lengths, prompt_lengths, np.arange(len(prompts)))
@@ -160,14 +172,15 @@ def tokenize_pairs(
     prompt_lengths = np.zeros((len(pairs),), np.int32)
     keep = np.ones((len(pairs),), bool)
     prompts_cut = responses_cut = identical = 0
+    bos = sequence_start_token(tokenizer)
     for i, pair in enumerate(pairs):
-        full_prompt = encode_prompt(pair.prompt, tokenizer, chat_format, prompt_template)
+        full_prompt = encode_prompt(pair.prompt, tokenizer, chat_format, prompt_template, bos)
         prefix = _response_prefix(tokenizer, chat_format, pair.prompt)
         sides = []
         for text in (pair.chosen, pair.rejected):
             prompt, response, prompt_cut, response_cut = _fit(
                 full_prompt, _encode(tokenizer, prefix + text), eos, max_length,
-                max_prompt_length, tokenizer.bos_token_id)
+                max_prompt_length, bos)
             responses_cut += response_cut
             sides.append(prompt + response)
         prompts_cut += prompt_cut

@@ -6,7 +6,7 @@ import pytest
 from hafrm_jax.data import synthetic
 from hafrm_jax.data.batching import EpochSampler, eval_batches, flip_labels, make_batch
 from hafrm_jax.data.records import PreferencePair
-from hafrm_jax.data.tokenize import tokenize_pairs
+from hafrm_jax.data.tokenize import tokenize_pairs, tokenize_responses
 
 
 @pytest.fixture(scope="module")
@@ -51,21 +51,44 @@ def test_truncation_prompt_left_response_right(tokenizer):
     assert stats.prompts_truncated == 1 and stats.responses_truncated == 1
 
 
-def test_a_prompt_cut_from_the_left_keeps_its_bos():
-    """Llama, Mistral and Gemma start every sequence with BOS: the left cut keeps it first."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def _tokenizer_with_bos(adds_it: bool):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     words = "<pad> <eos> <unk> <s> a b c d e f g h".split()
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
-                                  eos_token="<eos>", unk_token="<unk>", bos_token="<s>")
+    if adds_it:  # as Llama's, Mistral's and Gemma's tokenizers do
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                               special_tokens=[("<s>", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
+                                   eos_token="<eos>", unk_token="<unk>", bos_token="<s>")
+
+
+def test_a_prompt_cut_from_the_left_keeps_its_bos():
+    """Llama, Mistral and Gemma start every sequence with BOS: the left cut keeps it first."""
+    tok = _tokenizer_with_bos(adds_it=True)
     data, stats = tokenize_pairs([PreferencePair("a b c d e f", "g", "h")], tok, max_length=6,
                                  max_prompt_length=4)
     assert tok.convert_ids_to_tokens(data.tokens[0, 0, :data.lengths[0, 0]].tolist()) == [
         "<s>", "d", "e", "f", "g", "<eos>"]
     assert data.prompt_lengths[0] == 4 and stats.prompts_truncated == 1
+
+
+def test_a_bos_token_the_tokenizer_never_adds_is_not_put_first():
+    """SmolLM2's bos_token is its chat-turn opener, which its tokenizer does not add: a
+    sequence gets no stray one in front, and a left cut keeps none."""
+    tok = _tokenizer_with_bos(adds_it=False)
+    data, _ = tokenize_pairs([PreferencePair("a b", "g", "h"),
+                              PreferencePair("a b c d e f", "g", "h")], tok, max_length=6,
+                             max_prompt_length=4)
+    assert tok.convert_ids_to_tokens(data.tokens[0, 0, :data.lengths[0, 0]].tolist()) == [
+        "a", "b", "g", "<eos>"]
+    assert tok.convert_ids_to_tokens(data.tokens[1, 0, :data.lengths[1, 0]].tolist()) == [
+        "c", "d", "e", "f", "g", "<eos>"]
+    scored = tokenize_responses(["a b"], ["g"], tok, max_length=6, max_prompt_length=4)
+    assert tok.convert_ids_to_tokens(scored.tokens[0, 0, :scored.lengths[0, 0]].tolist()) == [
+        "a", "b", "g", "<eos>"]
 
 
 def test_identical_after_truncation_are_dropped_and_counted(tokenizer):
