@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hafrm_jax import configuration
-from hafrm_jax.data.records import PreferencePair
+from hafrm_jax.data.records import PreferencePair, user_turn
 from hafrm_jax.data.tokenize import TokenizeStats, tokenize_pairs, tokenize_responses
 from hafrm_jax.evaluation import eval_batch_size, make_score_fn, score_pairs
 from hafrm_jax.hf.checkpoint import pretrained_model_config, resolve_checkpoint
@@ -25,6 +25,7 @@ from hafrm_jax.hf.tokenizer import load_tokenizer
 from hafrm_jax.metrics import implicit_rewards
 from hafrm_jax.model.config import ModelConfig
 from hafrm_jax.sharding import DEFAULT_RULES, Rules, make_mesh
+from hafrm_jax.train.run_files import saved_prompt_format
 from hafrm_jax.train.state import init_params
 from hafrm_jax.workdir import load_run, starting_params
 
@@ -50,8 +51,18 @@ class RewardScorer:
     # "reward": the reward head; "implicit": beta * (logp - ref_logp), for a DPO run (its
     # reward head is never trained)
     scored_by: str = "reward"
+    # how the model saw prompts in training: "turns" (chat messages: a plain-text prompt given
+    # here is scored as the user's turn, as RewardBench means it) or "text" (as it is, through
+    # prompt_template)
+    prompt_format: str = "text"
+
+    def _as_trained(self, prompt):
+        """A plain-text prompt as the user's turn where the model was trained on chat turns."""
+        return user_turn(prompt) if isinstance(prompt, str) and self.prompt_format == "turns" \
+            else prompt
 
     def _tokenize_pairs(self, pairs: list[PreferencePair]) -> tuple[Any, TokenizeStats]:
+        pairs = [dataclasses.replace(p, prompt=self._as_trained(p.prompt)) for p in pairs]
         return tokenize_pairs(pairs, self.tokenizer, self.max_length, self.max_prompt_length,
                               self.chat_format, self.prompt_template)
 
@@ -87,8 +98,9 @@ class RewardScorer:
     def score_responses(self, prompts: list, responses: list[str]) -> np.ndarray:
         """Reward [n] of each response to its prompt, in input order: the reward head's, or a
         DPO run's implicit reward beta * (logp - ref_logp) (`scored_by`)."""
-        data = tokenize_responses(prompts, responses, self.tokenizer, self.max_length,
-                                  self.max_prompt_length, self.chat_format, self.prompt_template)
+        data = tokenize_responses([self._as_trained(p) for p in prompts], responses,
+                                  self.tokenizer, self.max_length, self.max_prompt_length,
+                                  self.chat_format, self.prompt_template)
         if self.scored_by == "implicit":
             logps = self._score(data, True, params=self.params)["logps"][:, 0]
             ref_logps = self._score(data, True, params=self.ref_params)["logps"][:, 0]
@@ -118,7 +130,9 @@ def load_scorer(path: str, *, which: str = "best", reference: str | None = None,
                             d.chat_format, d.prompt_template, batch_size, ref_params,
                             run.config.train.beta,
                             f"{path} (step {run.step})", run.config,
-                            "implicit" if run.config.train.method == "dpo" else "reward")
+                            "implicit" if run.config.train.method == "dpo" else "reward",
+                            # a run from before data.json, or on mixed prompts: as they are
+                            "turns" if saved_prompt_format(path) == "turns" else "text")
     directory = resolve_checkpoint(path)
     config = pretrained_model_config(directory)
     params, _ = init_params(config, 0, mesh, DEFAULT_RULES, directory)
@@ -127,7 +141,11 @@ def load_scorer(path: str, *, which: str = "best", reference: str | None = None,
         ref_dir = resolve_checkpoint(reference)
         ref_params, _ = init_params(pretrained_model_config(ref_dir), 0, mesh, DEFAULT_RULES,
                                     ref_dir)
-    return RewardScorer(config, params, load_tokenizer(directory), mesh, DEFAULT_RULES,
+    tokenizer = load_tokenizer(directory)
+    # a chat model (its tokenizer has a chat template) reads a prompt as the user's turn
+    return RewardScorer(config, params, tokenizer, mesh, DEFAULT_RULES,
                         max_length or 2048, max_prompt_length or 1024, "auto",
-                        batch_size=batch_size, ref_params=ref_params, source=directory)
+                        batch_size=batch_size, ref_params=ref_params, source=directory,
+                        prompt_format="turns" if getattr(tokenizer, "chat_template", None)
+                        else "text")
 

@@ -1,5 +1,6 @@
 """eval.py's modes on a tiny trained run, and the same numbers through an exported checkpoint."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -132,7 +133,6 @@ def test_out_of_distribution_sets_from_the_config(tmp_path, scorer):
 
 def test_plain_text_prompts_are_scored_through_the_runs_template(tmp_path, workdir, scorer):
     """A run trained with data.prompt_template is scored with it, as training tokenised."""
-    import dataclasses
     import shutil
 
     from hafrm_jax.data.records import PreferencePair
@@ -143,16 +143,40 @@ def test_plain_text_prompts_are_scored_through_the_runs_template(tmp_path, workd
     config = json.loads((copy / "config.json").read_text())
     config["data"]["prompt_template"] = template
     (copy / "config.json").write_text(json.dumps(config))
-    assert load_scorer(str(copy)).prompt_template == template
+    summary = json.loads((copy / "data.json").read_text())
+    (copy / "data.json").write_text(json.dumps({**summary, "prompt_format": "text"}))
+    loaded = load_scorer(str(copy))
+    assert (loaded.prompt_template, loaded.prompt_format) == (template, "text")
 
     text = [PreferencePair(p.prompt[0]["content"], p.chosen, p.rejected)
             for p in generate_pairs(6, seed=4)]
     formatted = [dataclasses.replace(p, prompt=template.format(prompt=p.prompt)) for p in text]
-    templated = dataclasses.replace(scorer, prompt_template=template)
+    as_text = dataclasses.replace(scorer, prompt_format="text")
+    templated = dataclasses.replace(as_text, prompt_template=template)
     np.testing.assert_array_equal(templated.score_pairs(text)[0]["rewards"],
-                                  scorer.score_pairs(formatted)[0]["rewards"])
+                                  as_text.score_pairs(formatted)[0]["rewards"])
     assert not np.array_equal(templated.score_pairs(text)[0]["rewards"],
-                              scorer.score_pairs(text)[0]["rewards"])
+                              as_text.score_pairs(text)[0]["rewards"])
+
+
+def test_a_run_trained_on_chat_turns_scores_a_text_prompt_as_the_users_turn(tmp_path, workdir,
+                                                                           scorer):
+    """score / BoN / RewardBench rows give prompts as text: a run trained on chat turns (every
+    built-in recipe) reads one as the user's turn, as in training, not as raw text."""
+    assert json.loads(open(f"{workdir}/data.json").read())["prompt_format"] == "turns"
+    assert scorer.prompt_format == "turns"
+    pairs = generate_pairs(6, seed=5)
+    text = [p.prompt[0]["content"] for p in pairs]
+    np.testing.assert_array_equal(
+        scorer.score_responses(text, [p.chosen for p in pairs]),
+        scorer.score_responses([p.prompt for p in pairs], [p.chosen for p in pairs]))
+    raw = dataclasses.replace(scorer, prompt_format="text")
+    assert not np.array_equal(raw.score_responses(text, [p.chosen for p in pairs]),
+                              scorer.score_responses(text, [p.chosen for p in pairs]))
+    # an exported chat model (its tokenizer has a chat template) reads prompts the same way
+    out = export_checkpoint(scorer.params, scorer.model_config, scorer.tokenizer,
+                            str(tmp_path / "rm"))
+    assert load_scorer(out).prompt_format == "turns"
 
 
 def test_a_dpo_run_is_scored_and_exported_by_its_implicit_reward(tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 from hafrm_jax.data import synthetic
 from hafrm_jax.data.batching import flip_labels
 from hafrm_jax.data.readers import READERS
-from hafrm_jax.data.records import PreferencePair
+from hafrm_jax.data.records import PreferencePair, prompt_format
 from hafrm_jax.data.sources import SPLITS, read_splits
 from hafrm_jax.data.tokenize import TokenizedPairs, TokenizeStats, tokenize_pairs
 from hafrm_jax.hf import tokenizer as hf_tokenizer
@@ -47,6 +47,7 @@ class PreparedData:
     flipped: np.ndarray  # split positions of this host's training pairs whose labels were
     # flipped (drawn over the split; a drawn pair dropped as identical flips nothing)
     read_counts: dict[str, dict]  # per split: records read, skipped (bad input), filtered
+    prompt_format: str = "turns"  # the training prompts: "turns", "text" or "mixed"
 
 
 def load_records(config: ml_collections.ConfigDict
@@ -99,4 +100,4 @@ def prepare_data(config: ml_collections.ConfigDict, tokenizer, process_index: in
     if len(drawn):
         log.info("label noise: flipped %d of this host's %d training pairs (%d drawn over the "
                  "split's %d)", len(flipped), len(splits["train"]), len(drawn), sizes["train"])
-    return PreparedData(splits, sizes, stats, flipped, counts)
+    return PreparedData(splits, sizes, stats, flipped, counts, prompt_format(records["train"]))

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from hafrm_jax.data.records import Message, PreferencePair
+from hafrm_jax.data.records import Message, PreferencePair, user_turn
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,6 @@ def _messages(value: Any, field: str) -> list[Message]:
         out.append({key: _text(_field(message, key), f"{field}[{i}].{key}")
                     for key in ("role", "content")})
     return out
-
-
-def _user(text: str) -> list[Message]:
-    return [{"role": "user", "content": text}]
 
 
 def _split_last_turn(prefix: list[Message], messages: list[Message],
@@ -194,7 +190,7 @@ def parse_beaver(record: Mapping, *, pair_selection: str = "better") -> Preferen
         name = "better_response_id" if pair_selection == "better" else "safer_response_id"
         chosen_id = _choice(_field(record, name), name, (0, 1))
     responses = [_response(_field(record, f), f) for f in ("response_0", "response_1")]
-    return PreferencePair(_user(prompt), responses[chosen_id], responses[1 - chosen_id])
+    return PreferencePair(user_turn(prompt), responses[chosen_id], responses[1 - chosen_id])
 
 
 def parse_alpaca_farm(record: Mapping) -> PreferencePair:
@@ -205,7 +201,7 @@ def parse_alpaca_farm(record: Mapping) -> PreferencePair:
         prompt += "\n\n" + extra
     preferred = _choice(_field(record, "preference"), "preference", (1, 2))
     outputs = [_response(_field(record, f), f) for f in ("output_1", "output_2")]
-    return PreferencePair(_user(prompt), outputs[preferred - 1], outputs[2 - preferred])
+    return PreferencePair(user_turn(prompt), outputs[preferred - 1], outputs[2 - preferred])
 
 
 ARENA_WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")

@@ -14,3 +14,14 @@ class PreferencePair:
     prompt: str | list[Message]
     chosen: str
     rejected: str
+
+
+def user_turn(text: str) -> list[Message]:
+    """A plain-text prompt as the single user turn of a chat."""
+    return [{"role": "user", "content": text}]
+
+
+def prompt_format(pairs: list[PreferencePair]) -> str:
+    """How a set of pairs gives its prompts: "turns" (chat messages), "text", or "mixed"."""
+    kinds = {isinstance(p.prompt, str) for p in pairs}
+    return "mixed" if len(kinds) > 1 else "text" if kinds == {True} else "turns"

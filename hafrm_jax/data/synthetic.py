@@ -22,7 +22,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from hafrm_jax.data.records import PreferencePair
+from hafrm_jax.data.records import PreferencePair, user_turn
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 TEMPLATE_WORDS = ("user", "assistant", ":", "please", "repeat", "reverse", "these", "words")
@@ -88,7 +88,7 @@ def generate_pairs(num_pairs: int, seed: int, min_words: int = 3, max_words: int
         answer = words if instruction == "repeat" else words[::-1]
         wrong = _near_miss(words, answer, instruction, category, rng)
         pairs.append(PreferencePair(
-            prompt=[{"role": "user", "content": prompt}],
+            prompt=user_turn(prompt),
             chosen=" ".join(answer), rejected=" ".join(wrong),
         ))
     return pairs

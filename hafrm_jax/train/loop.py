@@ -37,7 +37,7 @@ from hafrm_jax.train.memory import check_step_fits, device_memory_limit
 from hafrm_jax.train.metrics_writer import MetricsWriter
 from hafrm_jax.train.optimizer import make_optimizer
 from hafrm_jax.train.plots import plot_training_curves
-from hafrm_jax.train.run_files import check_resume, save_run_files, write_json
+from hafrm_jax.train.run_files import check_resume, save_data_summary, save_run_files, write_json
 from hafrm_jax.model.lora import split_trainable
 from hafrm_jax.train.state import (TrainState, count_params, create_train_state, init_adapters,
                                    init_params)
@@ -162,6 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # Data: this host's share of each split.
     data = prepare_data(config, tokenizer, jax.process_index(), jax.process_count())
+    save_data_summary(workdir, data.prompt_format, data.sizes, data.read_counts)
     splits = data.splits
     for name, split in splits.items():
         log.info("%s: %d pairs (%d on this host), %d tokens", name, data.sizes[name], len(split),

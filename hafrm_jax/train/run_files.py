@@ -82,6 +82,29 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str,
         log.warning("resuming %s with changed settings: %s", workdir, changed)
 
 
+DATA_FILE = "data.json"
+
+
+def save_data_summary(workdir: str, prompt_format: str, sizes: dict[str, int],
+                      read_counts: dict[str, dict]) -> None:
+    """`data.json`: how the run's prompts came (chat turns or text: the scorer renders a
+    plain-text prompt as the run was trained), its split sizes, and what was read, skipped and
+    filtered per split."""
+    if jax.process_index() != 0:
+        return
+    write_json(os.path.join(workdir, DATA_FILE),
+               {"prompt_format": prompt_format, "pairs": sizes, "read": read_counts})
+
+
+def saved_prompt_format(workdir: str) -> str | None:
+    """The `prompt_format` of a workdir's data.json (None for a run from before it)."""
+    path = os.path.join(workdir, DATA_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["prompt_format"]
+
+
 def save_run_files(config: ml_collections.ConfigDict, workdir: str, tokenizer,
                    model_config: ModelConfig, hf_config: dict | None) -> None:
     if jax.process_index() != 0:
