@@ -18,6 +18,7 @@ from hafrm_jax.data.readers import iter_records, read_preference_file, read_pref
 from hafrm_jax.data.records import PreferencePair
 from hafrm_jax.data.sources import read_split
 from hafrm_jax.scorer import RewardScorer
+from hafrm_jax.train.plots import new_figure
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +127,8 @@ def evaluate_pair_sets(scorer: RewardScorer, sets: dict, bootstrap: int,
 
 def plot_margins(rewards_by_set: dict[str, np.ndarray], path: str) -> None:
     """Per set: histograms of chosen and rejected rewards, and of their margins."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rewards_by_set), 2, figsize=(10, 3.2 * len(rewards_by_set)),
-                             squeeze=False)
+    fig, axes = new_figure(len(rewards_by_set), 2, figsize=(10, 3.2 * len(rewards_by_set)),
+                           squeeze=False)
     for row, (name, rewards) in enumerate(rewards_by_set.items()):
         left, right = axes[row]
         bins = np.histogram_bin_edges(rewards, bins=40)
@@ -146,7 +142,6 @@ def plot_margins(rewards_by_set: dict[str, np.ndarray], path: str) -> None:
         right.set_title(f"{name}: margin (chosen - rejected), {np.mean(margin > 0):.1%} > 0")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def markdown_table(rows: dict[str, dict], columns: list[str]) -> str:

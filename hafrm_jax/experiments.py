@@ -14,6 +14,7 @@ import numpy as np
 
 from hafrm_jax.sharding import device_description
 from hafrm_jax.train.loop import train_and_evaluate
+from hafrm_jax.train.plots import new_figure
 from hafrm_jax.train.run_files import flat_config
 
 log = logging.getLogger(__name__)
@@ -198,12 +199,7 @@ def write_report(runs: list[dict], table: dict, out: str,
 
 
 def _plot(runs, table, noise_rates, out) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     for variant, by_noise in table.items():
         xs = [n for n in noise_rates if n in by_noise]
         ax.errorbar(xs, [by_noise[n][0] for n in xs], yerr=[by_noise[n][1] for n in xs],
@@ -214,10 +210,9 @@ def _plot(runs, table, noise_rates, out) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "accuracy_vs_noise.png"), dpi=110)
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(noise_rates), figsize=(5 * len(noise_rates), 4),
-                             squeeze=False, sharey=True)
+    fig, axes = new_figure(1, len(noise_rates), figsize=(5 * len(noise_rates), 4),
+                           squeeze=False, sharey=True)
     for ax, noise in zip(axes[0], noise_rates):
         for variant in table:
             curves = [r["curve"] for r in runs if r["variant"] == variant and r["noise"] == noise]
@@ -233,4 +228,3 @@ def _plot(runs, table, noise_rates, out) -> None:
     axes[0][-1].legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "accuracy_vs_step.png"), dpi=110)
-    plt.close(fig)

@@ -12,18 +12,22 @@ PANELS = (
 )
 
 
+def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 4),
+               **subplots):
+    """(figure, axes) drawn off-screen, for `figure.savefig`: a matplotlib Figure that pyplot
+    never sees, so neither its global backend nor its open figures change (a notebook that
+    trains, then plots with pyplot, still shows its plots)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **subplots)
+
+
 def plot_training_curves(workdir: str, filename: str = "curves.png") -> str:
     """Loss terms, validation accuracy and margins against step; returns the PNG's path."""
-    # matplotlib caches fonts under its config dir: keep that inside the workdir too
-    os.environ.setdefault("MPLCONFIGDIR", os.path.join(workdir, ".matplotlib"))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    fig, axes = new_figure(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
     for ax, (title, keys) in zip(axes, PANELS):
         for key in keys:
             points = [(r["step"], r[key]) for r in rows if key in r]
@@ -38,5 +42,4 @@ def plot_training_curves(workdir: str, filename: str = "curves.png") -> str:
     fig.tight_layout()
     path = os.path.join(workdir, filename)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
