@@ -10,6 +10,8 @@ Running again with the same --workdir resumes from its latest checkpoint.
 
 import logging
 import os
+import shlex
+import sys
 import time
 
 import jax
@@ -37,6 +39,19 @@ def default_workdir(config_path: str) -> str:
     return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def resume_command(argv: list[str], workdir: str) -> str:
+    """This command again, --config and its overrides as given, on the same --workdir (a
+    resume with other data or model settings is refused)."""
+    args, rest = [], iter(argv[1:])
+    for arg in rest:
+        if arg in ("--workdir", "-workdir"):
+            next(rest, None)  # its value, given as the next argument
+        elif not arg.startswith(("--workdir=", "-workdir=")):
+            args.append(arg)
+    return " ".join(shlex.quote(a) for a in ["python", "train.py", *args,
+                                              f"--workdir={workdir}"])
+
+
 def main(argv):
     del argv
     distributed.claim_gpu_memory()  # 95% of each GPU, not JAX's 75% (before the backend starts)
@@ -50,8 +65,7 @@ def main(argv):
                              "process sees (shared storage)")
     result = train_and_evaluate(_CONFIG.value, workdir)
     if not result.completed:
-        print(f"stopped at step {result.step}; resume with: python train.py "
-              f"--workdir={workdir} (and the same --config)")
+        print(f"stopped at step {result.step}; resume with: {resume_command(sys.argv, workdir)}")
         return
     test, val = result.test, result.validation
     kind = "implicit reward (DPO)" if _CONFIG.value.train.method == "dpo" else "reward head"

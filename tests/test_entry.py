@@ -51,3 +51,18 @@ def test_process_flags_without_a_coordinator_are_refused(monkeypatch):
                         lambda **kwargs: calls.append(kwargs))
     distributed.initialize(num_processes=2, process_id=1)
     assert calls == [{"coordinator_address": None, "num_processes": 2, "process_id": 1}]
+
+
+def test_the_resume_hint_repeats_the_command_with_its_overrides():
+    """A stopped run resumes only with the same data and model settings: the printed command
+    keeps every --config flag as given, on the run's workdir."""
+    sys.path.insert(0, str(ROOT))
+    from train import resume_command
+
+    argv = ["train.py", "--config=configs/hh.py", "--workdir", "runs/old",
+            "--config.data.label_noise=0.2", "--config.data.hub.path=my org/hh"]
+    assert resume_command(argv, "runs/a b") == (
+        "python train.py --config=configs/hh.py --config.data.label_noise=0.2 "
+        "'--config.data.hub.path=my org/hh' '--workdir=runs/a b'")
+    assert resume_command(["train.py", "--workdir=runs/x"], "runs/x") == \
+        "python train.py --workdir=runs/x"
