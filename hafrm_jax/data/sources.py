@@ -87,7 +87,10 @@ def _configured_source(data: ml_collections.ConfigDict) -> str:
 def read_split(data: ml_collections.ConfigDict, split: str) -> ReadResult | None:
     """The records of one split from the configured source; None where it has no such split."""
     kind = _configured_source(data)
-    options = dict(data.options) if data.options else {}
+    # plain dicts all the way down (a nested ConfigDict, such as generic's `columns`, is no
+    # Mapping to the readers' checks)
+    options = data.options.to_dict() if isinstance(data.options, ml_collections.ConfigDict) \
+        else dict(data.options or {})
     common = dict(format=data.source, on_error=data.on_error, **options)
     if kind == "files":
         if not data.files[split]:

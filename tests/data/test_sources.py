@@ -46,6 +46,22 @@ def test_files_with_globs_and_held_out_validation(tmp_path):
                                                             results["validation"].pairs]
 
 
+def test_renamed_generic_columns_set_in_the_config(tmp_path):
+    """data.options.columns as a recipe or a --config.data.options={...} override sets it: a
+    ConfigDict, whose nested mapping the reader must take."""
+    import ml_collections
+
+    rows = [{"question": f"q{i}", "good": f"yes {i}", "bad": f"no {i}"} for i in range(6)]
+    config = get_config()
+    config.data.source = "generic"
+    config.data.files.train = write_jsonl(tmp_path / "train.jsonl", rows)
+    config.data.files.validation = config.data.files.test = config.data.files.train
+    config.data.options = ml_collections.ConfigDict(
+        {"columns": {"prompt": "question", "chosen": "good", "rejected": "bad"}})
+    pair = read_splits(config.data)["train"].pairs[0]
+    assert (pair.prompt, pair.chosen, pair.rejected) == ("q0", "yes 0", "no 0")
+
+
 def test_test_split_held_out_when_missing_then_validation(tmp_path):
     config = hh_config(train=write_jsonl(tmp_path / "all.jsonl", [hh(i) for i in range(100)]))
     with pytest.raises(ValueError, match="data.test_fraction"):
