@@ -45,6 +45,9 @@ _MAX_LENGTH = flags.DEFINE_integer("max_length", None, "Tokens per sequence (def
                                    "run's, or 2048 for a HF checkpoint).")
 _MAX_PROMPT = flags.DEFINE_integer("max_prompt_length", None, "Prompt tokens (default: the "
                                    "run's, or 1024).")
+_SETS = flags.DEFINE_list("sets", None, "--mode=pairs without --input: which of the config's "
+                          "pair sets to score, e.g. test (the run's test split) or test,helpful "
+                          "(eval.datasets names); default: all of them.")
 _PLOT = flags.DEFINE_string("plot", None, "--mode=pairs: write a PNG histogram of the reward "
                             "margins (chosen - rejected) per dataset to this path.")
 
@@ -94,7 +97,7 @@ def main(argv):
     else:
         if _CONFIG.value is not None:
             scorer.config = _CONFIG.value
-        sets = pair_sets_from_config(scorer)
+        sets = pair_sets_from_config(scorer, _SETS.value)
     results = evaluate_pair_sets(scorer, sets, _BOOTSTRAP.value, _PLOT.value)
     scored_by = {"reward": "its reward head",
                  "implicit": "its implicit reward beta * (logp - ref_logp) (a DPO run)"}

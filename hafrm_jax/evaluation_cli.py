@@ -78,15 +78,29 @@ def _dataset_data_config(base, entry):
     return data
 
 
-def pair_sets_from_config(scorer: RewardScorer) -> dict[str, list[PreferencePair]]:
-    """The run's own test split (in distribution) and every `eval.datasets` entry (for
-    out-of-distribution evaluation) of the workdir's config."""
+def pair_sets_from_config(scorer: RewardScorer, names: list[str] | None = None
+                          ) -> dict[str, list[PreferencePair]]:
+    """The run's own test split ("test", in distribution) and every `eval.datasets` entry (for
+    out-of-distribution evaluation) of the workdir's config; only `names` where given."""
     config = scorer.config
     if config is None:
         raise ValueError("a Hugging Face checkpoint has no datasets of its own: pass --input")
-    sets = {"test": load_records(config)[0]["test"]}
-    for name, entry in (config.eval.datasets or {}).items():
-        result = read_split(_dataset_data_config(config.data, entry), "test")
+    entries = dict(config.eval.datasets or {})
+    available = ["test", *entries]
+    names = available if names is None else list(names)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"no pair set {unknown}: this config has {', '.join(available)}")
+    sets = {"test": load_records(config)[0]["test"]} if "test" in names else {}
+    for name in (n for n in names if n != "test"):
+        try:
+            result = read_split(_dataset_data_config(config.data, entries[name]), "test")
+        except Exception as e:  # offline hub, a package missing, a file moved, ...
+            others = ",".join(n for n in names if n != name)
+            raise ValueError(
+                f"eval.datasets.{name} could not be read ({type(e).__name__}: {e}); evaluate "
+                f"the other sets with --sets={others}" if others else
+                f"eval.datasets.{name} could not be read ({type(e).__name__}: {e})") from e
         if result is None:
             raise ValueError(f"eval.datasets.{name}: no test split configured")
         sets[name] = result.pairs

@@ -121,6 +121,14 @@ def test_out_of_distribution_sets_from_the_config(tmp_path, scorer):
         {"ood": {"source": "generic", "files": path}})
     sets = pair_sets_from_config(scorer)
     assert set(sets) == {"test", "ood"} and len(sets["ood"]) == 12
+    assert set(pair_sets_from_config(scorer, ["ood"])) == {"ood"}  # eval.py --sets=ood
+    with pytest.raises(ValueError, match="no pair set \\['odd'\\]: this config has test, ood"):
+        pair_sets_from_config(scorer, ["odd"])
+    # a set that cannot be read (here: moved; offline, a hub set) is named, with the way to
+    # score the others
+    scorer.config.eval.datasets.ood.files = str(tmp_path / "moved.jsonl")
+    with pytest.raises(ValueError, match="eval.datasets.ood could not be read .*--sets=test$"):
+        pair_sets_from_config(scorer)
     # a run trained from local files reads a hub (or TFDS) set as that source alone
     from hafrm_jax.evaluation_cli import _dataset_data_config
 
