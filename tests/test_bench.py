@@ -385,3 +385,27 @@ def test_sharded_step_counts_the_bytes_of_each_collective():
   %add.4 = f32[16,256,4]{2,1,0} add(f32[16,256,4]{2,1,0} %p, f32[16,256,4]{2,1,0} %q)
 """
     assert collective_bytes(hlo) == 4 * 16 * 256 * 4 + (2 * 8 * 4 + 4) + 4 * 2 * 64
+
+
+def test_lm_head_variants_compute_the_same_log_probs_and_gradients():
+    """bench/lm_head_compile.py's stored-logits variant is the library's chunked log-prob sum
+    with nothing recomputed: same value and gradients (float32, CPU)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bench.lm_head_compile import VARIANTS
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    sequences, seq, hidden_size, vocab = 4, 16, 8, 32
+    hidden = jax.random.normal(keys[0], (sequences, seq, hidden_size))
+    weight = jax.random.normal(keys[1], (vocab, hidden_size)) * 0.3
+    ids = jax.random.randint(keys[2], (sequences, seq), 0, vocab)
+    response = jnp.zeros((sequences, seq), jnp.int32).at[:, seq // 2:].set(1)
+    results = [jax.value_and_grad(lambda h, w, f=f: f(h, w, ids, response, 4),
+                                  argnums=(0, 1))(hidden, weight)
+               for f in (VARIANTS["chunked"], VARIANTS["stored"])]
+    (value_a, (dh_a, dw_a)), (value_b, (dh_b, dw_b)) = results
+    np.testing.assert_allclose(value_a, value_b, rtol=1e-5)
+    np.testing.assert_allclose(dh_a, dh_b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dw_a, dw_b, rtol=1e-4, atol=1e-5)
