@@ -32,6 +32,8 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir or HF 
 _PARAMS = flags.DEFINE_enum("params", "best", ["best", "latest"], "Which params of a workdir.")
 _REFERENCE = flags.DEFINE_string("reference", None, "For a HF checkpoint: its starting model's "
                                  "directory, to report the implicit (DPO) reward too.")
+_BETA = flags.DEFINE_float("beta", None, "DPO's beta for implicit rewards beta * (logp - "
+                           "ref_logp) (default: the run's, or 0.1 for a HF checkpoint).")
 _MODE = flags.DEFINE_enum("mode", "pairs", ["pairs", "score", "bon", "rewardbench"],
                           "What to evaluate.")
 _INPUT = flags.DEFINE_string("input", None, "A local file to evaluate instead of the config's "
@@ -64,7 +66,7 @@ def main(argv):
                              "--checkpoint")
     scorer = load_scorer(path, which=_PARAMS.value, reference=_REFERENCE.value,
                          batch_size=_BATCH.value, max_length=_MAX_LENGTH.value,
-                         max_prompt_length=_MAX_PROMPT.value)
+                         max_prompt_length=_MAX_PROMPT.value, beta=_BETA.value)
     mode = _MODE.value
     if mode != "pairs" and not _INPUT.value:
         raise app.UsageError(f"--mode={mode} needs --input")

@@ -39,7 +39,7 @@ def main(argv):
             f"{_WORKDIR.value} is a DPO run: its reward is the implicit beta * (logp - ref_logp) "
             "of its policy, not the reward head (untrained). Export the policy with "
             "--head=policy and score it against its starting model (eval.py --checkpoint=OUT "
-            "--reference=START).")
+            f"--reference=START --beta={run.config.train.beta}).")
     if _PEFT.value:
         if run.lora is None:
             raise app.UsageError(f"{_WORKDIR.value} is not a LoRA run: --peft has no adapters")

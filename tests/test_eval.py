@@ -208,4 +208,29 @@ def test_a_dpo_run_is_scored_and_exported_by_its_implicit_reward(tmp_path):
                           f"--out={tmp_path / 'rm'}"], cwd=root, capture_output=True, text=True)
     assert out.returncode != 0 and "is a DPO run" in out.stderr
     assert not (tmp_path / "rm").exists()
+    # the route export.py names: the policy, scored against its starting model by its
+    # implicit reward, as the workdir is (it has no reward head to score by)
+    policy = export_checkpoint(scorer.params, scorer.model_config, scorer.tokenizer,
+                               str(tmp_path / "policy"), head="policy")
+    start = export_checkpoint(scorer.ref_params, scorer.model_config, scorer.tokenizer,
+                              str(tmp_path / "start"), head="policy")
+    exported = load_scorer(policy, reference=start, beta=scorer.beta,
+                           max_length=scorer.max_length,
+                           max_prompt_length=scorer.max_prompt_length)
+    assert exported.scored_by == "implicit"
+    np.testing.assert_allclose(exported.score_responses([p.prompt for p in pairs],
+                                                        [p.rejected for p in pairs]),
+                               rewards, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="has no reward head .* --reference=START"):
+        load_scorer(policy).score_responses([pairs[0].prompt], [pairs[0].chosen])
+
+
+def test_a_reward_model_export_has_no_implicit_reward_to_compare(tmp_path, scorer):
+    """Its LM head is not in the export: the reference comparison would read the input
+    embedding in its place, so it is refused."""
+    assert not scorer.model_config.tie_embeddings
+    out = export_checkpoint(scorer.params, scorer.model_config, scorer.tokenizer,
+                            str(tmp_path / "rm"))
+    with pytest.raises(ValueError, match="has no LM head .*--head=policy"):
+        load_scorer(out, reference=out)
 

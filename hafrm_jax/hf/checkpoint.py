@@ -10,7 +10,7 @@ from typing import Any
 
 from hafrm_jax.hf import gguf
 from hafrm_jax.hf.config import UnsupportedModelError, load_hf_config, model_config_from_hf
-from hafrm_jax.hf.weights import load_params
+from hafrm_jax.hf.weights import CheckpointFiles, load_params
 from hafrm_jax.model.config import ModelConfig
 from hafrm_jax.train.state import count_params
 
@@ -66,6 +66,19 @@ def pretrained_model_config(directory: str, **execution: Any) -> ModelConfig:
         return model_config_from_hf(load_hf_config(directory), **execution)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"{os.path.join(directory, 'config.json')}: {e}") from e
+
+
+def checkpoint_heads(directory: str, model_config: ModelConfig) -> tuple[bool, bool]:
+    """(has a reward head, has a policy head) of a checkpoint: a `score` tensor (a
+    sequence-classification export) and an LM head (`lm_head.weight`, or tied embeddings).
+    Loading fills a missing head (zeros; the input embedding), so this says which are real."""
+    if gguf.is_gguf(directory):  # a language model: its output head or tied embeddings
+        return False, True
+    files = CheckpointFiles(directory)
+    try:
+        return "score.weight" in files, model_config.tie_embeddings or "lm_head.weight" in files
+    finally:
+        files.close()
 
 
 def load_pretrained_params(directory: str, model_config: ModelConfig, shardings: Any,
