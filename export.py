@@ -31,6 +31,10 @@ _PEFT = flags.DEFINE_bool("peft", False, "LoRA runs: write the adapters (and the
 def main(argv):
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)
+    if _PEFT.value and _HEAD.value == "policy":
+        raise app.UsageError("--peft writes the reward model's adapters (PEFT's SEQ_CLS task, "
+                             "the reward head as `score`); export the policy as merged weights: "
+                             "--head=policy without --peft")
     run = load_run(_WORKDIR.value, _PARAMS.value)
     if run.config.train.method == "dpo" and (_HEAD.value == "reward" or _PEFT.value):
         # Its reward head was never trained: a ForSequenceClassification export (or PEFT's
@@ -43,6 +47,17 @@ def main(argv):
     if _PEFT.value:
         if run.lora is None:
             raise app.UsageError(f"{_WORKDIR.value} is not a LoRA run: --peft has no adapters")
+        if not run.config.model.name_or_path:
+            raise app.UsageError(
+                f"{_WORKDIR.value} trained its adapters on a random initialisation, which no "
+                "checkpoint holds: PEFT would have no base to load them onto. Export merged "
+                "weights (without --peft).")
+        if run.config.model.lora.base_dtype:
+            logging.warning(
+                "%s trained on its base rounded to %s; PEFT loads the adapters onto the base "
+                "checkpoint as stored, so rewards can differ slightly from training's (load the "
+                "base in %s, or export merged weights, which reproduce them)", _WORKDIR.value,
+                run.config.model.lora.base_dtype, run.config.model.lora.base_dtype)
         out = export_peft_adapters(
             run.adapters, dataclasses.replace(run.model_config, lora=run.lora), run.tokenizer,
             _OUT.value, base_name_or_path=run.config.model.name_or_path,

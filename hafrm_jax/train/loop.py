@@ -403,6 +403,10 @@ def _split_for_lora(config, loss_config: LossConfig, params, params_sh, mesh, ru
     """(trainable, its shardings, frozen base, its shardings) for LoRA training; the base is
     cast to model.lora.base_dtype if set (bf16 halves its memory)."""
     lora = config.model.lora
+    if lora.train_lm_head and loss_config.model.tie_embeddings:
+        log.warning("model.lora.train_lm_head has no effect on %s: its LM head is the tied "
+                    "input embedding, which stays frozen with the base (the LoRA adapters "
+                    "and the reward head train)", config.model.name_or_path or "this model")
     adapters, adapters_sh = init_adapters(loss_config.model, config.train.seed, mesh, rules)
     trainable, frozen = split_trainable(params, adapters, lora.train_lm_head)
     trainable_sh, frozen_sh = split_trainable(params_sh, adapters_sh, lora.train_lm_head)

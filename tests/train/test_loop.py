@@ -136,3 +136,39 @@ def test_lora_run_resumes_exactly_and_loads_merged(tmp_path):
     assert test["reward_margin"] == pytest.approx(straight.test["reward_margin"], rel=1e-5)
     # a difference of log-prob sums: float32 rounding of the sums (~1e-5) is its noise
     assert test["implicit_margin"] == pytest.approx(straight.test["implicit_margin"], abs=1e-7)
+    # PEFT adapters of a random base have nothing to load onto; --peft is the reward model's
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for flags, refusal in ((["--peft"], "trained its adapters on a random initialisation"),
+                           (["--peft", "--head=policy"], "--head=policy without --peft")):
+        out = subprocess.run([sys.executable, "export.py", f"--workdir={tmp_path / 'straight'}",
+                              f"--out={tmp_path / 'peft'}", *flags], cwd=root,
+                             capture_output=True, text=True)
+        assert out.returncode != 0 and refusal in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "peft").exists()
+
+
+def test_train_lm_head_on_a_tied_model_is_warned_not_ignored_silently(caplog):
+    """A tied model has no LM head of its own to train in full (it is the input embedding,
+    frozen with the base): the run says so."""
+    import dataclasses
+    import logging
+
+    from hafrm_jax import configuration
+    from hafrm_jax.sharding import make_mesh
+    from hafrm_jax.train.loop import _split_for_lora
+    from hafrm_jax.train.state import init_params
+
+    config = small_config()
+    config.model.lora.rank, config.model.lora.train_lm_head = 2, True
+    loss_config = configuration.loss_config(config)
+    loss_config = dataclasses.replace(
+        loss_config, model=dataclasses.replace(loss_config.model, tie_embeddings=True))
+    mesh, rules = make_mesh(), configuration.logical_rules(config)
+    params, shardings = init_params(loss_config.model, 0, mesh, rules)
+    with caplog.at_level(logging.WARNING):
+        trainable = _split_for_lora(config, loss_config, params, shardings, mesh, rules)[0]
+    assert set(trainable) == {"lora", "reward_head"}
+    assert "model.lora.train_lm_head has no effect" in caplog.text
