@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 PANELS = (
     ("loss", ("train/loss", "train/loss/bt", "train/loss/dpo")),
@@ -12,11 +13,30 @@ PANELS = (
 )
 
 
+def _import_matplotlib(cache_dir: str | None) -> None:
+    """Import matplotlib with its config and font cache in `cache_dir` where this process has
+    not imported it yet (a run writes nothing outside its workdir, HOME included); the
+    environment is left as it was."""
+    if cache_dir is None or "matplotlib" in sys.modules:
+        return
+    previous = os.environ.get("MPLCONFIGDIR")
+    os.environ["MPLCONFIGDIR"] = cache_dir
+    try:
+        import matplotlib.font_manager  # noqa: F401  builds (or reads) the font cache there
+    finally:
+        if previous is None:
+            del os.environ["MPLCONFIGDIR"]
+        else:
+            os.environ["MPLCONFIGDIR"] = previous
+
+
 def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 4),
-               **subplots):
+               cache_dir: str | None = None, **subplots):
     """(figure, axes) drawn off-screen, for `figure.savefig`: a matplotlib Figure that pyplot
     never sees, so neither its global backend nor its open figures change (a notebook that
-    trains, then plots with pyplot, still shows its plots)."""
+    trains, then plots with pyplot, still shows its plots). `cache_dir`: see
+    `_import_matplotlib`."""
+    _import_matplotlib(cache_dir)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize)
@@ -27,7 +47,8 @@ def plot_training_curves(workdir: str, filename: str = "curves.png") -> str:
     """Loss terms, validation accuracy and margins against step; returns the PNG's path."""
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    fig, axes = new_figure(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    fig, axes = new_figure(1, len(PANELS), figsize=(5 * len(PANELS), 3.6),
+                           cache_dir=os.path.join(workdir, ".matplotlib"))
     for ax, (title, keys) in zip(axes, PANELS):
         for key in keys:
             points = [(r["step"], r[key]) for r in rows if key in r]
