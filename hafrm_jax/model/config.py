@@ -216,8 +216,10 @@ PRESETS: dict[str, ModelConfig] = {
         norm="layer", block="parallel", mlp="plain", activation="gelu_tanh", qkv_bias=True,
         attention_out_bias=True, mlp_bias=True, lm_head_bias=True, partial_rotary_factor=0.4,
     ),
-    # Mistral-7B-v0.1, the paper's larger backbone. Its 4,096-token sliding window equals the
-    # longest sequence trained here, so full causal attention computes the same function.
+    # Mistral-7B-v0.1's shape (the paper's official code trains Mistral-7B v0.2, whose config
+    # configs/hh_mistral_lora.py reads from its checkpoint). Its 4,096-token sliding window
+    # equals the longest sequence trained here, so full causal attention computes the same
+    # function.
     "mistral-7b": ModelConfig(
         vocab_size=32_000, hidden_size=4096, intermediate_size=14_336, num_layers=32, num_heads=32,
         num_kv_heads=8, rope_theta=10_000.0, norm_eps=1e-5, family="mistral",
