@@ -47,7 +47,7 @@ class PreparedData:
     flipped: np.ndarray  # split positions of this host's training pairs whose labels were
     # flipped (drawn over the split; a drawn pair dropped as identical flips nothing)
     read_counts: dict[str, dict]  # per split: records read, skipped (bad input), filtered
-    prompt_format: str = "turns"  # the training prompts: "turns", "text" or "mixed"
+    prompt_format: str  # the training prompts: "turns", "text" or "mixed"
 
 
 def load_records(config: ml_collections.ConfigDict
