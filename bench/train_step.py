@@ -34,7 +34,9 @@ The PyTorch anchor (bench/torch_reference.py, the issue's ../shared/bench/torch_
 step) is kept as the issue measured it: AdamW with torch's default weight decay 0.01 and no
 gradient clipping. Our step clips at global norm 1.0 (our default; one more pass over the
 gradients) with weight decay 0. For PyTorch rows "compile s" is the first 3 steps' time (the
-warm-up; with torch.compile most of it is compiling).
+warm-up; with torch.compile most of it is compiling). "setup s" is our case's process start
+to its step's compile: imports, the device's start, random params, optimizer state and batch
+(the JSON row's `phases_s` splits it, and the run after the compile).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import subprocess
 import sys
 import time
 
+_PROCESS_START = time.perf_counter()  # before jax, the library and CUDA's libraries load
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
@@ -154,11 +157,14 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
              peak_tflops: float, profile_dir: str | None = None, profile_steps: int = 3) -> dict:
     """One timed case; with profile_dir, `profile_steps` more steps run under the JAX profiler
     (after the timing, so it does not perturb it) and the row gets the trace's summary."""
+    setup_start = time.perf_counter()
     mesh = make_mesh()
     optimizer, schedule = bench_optimizer(steps + 3 + profile_steps)
     params, params_sh = init_params(cfg, 0, mesh, DEFAULT_RULES)
     state, state_sh = create_train_state(params, params_sh, optimizer, 0, mesh)
     batch = jax.device_put(bench_batch(cfg, pairs, seq), batch_sharding(mesh, DEFAULT_RULES))
+    jax.block_until_ready((state, batch))
+    setup_s = time.perf_counter() - setup_start
     fn = step_function(cfg, method, optimizer, schedule)
     with jax.set_mesh(mesh):
         start = time.perf_counter()
@@ -166,6 +172,7 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
         compile_s = time.perf_counter() - start
         program = compiled.as_text()
         attention_calls = fused_attention_calls(program)
+        run_start = time.perf_counter()
         for _ in range(2):  # warm-up
             state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)
@@ -195,6 +202,7 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
             except Exception as e:  # noqa: BLE001  reported in the row, not raised
                 profile = dict(dir=profile_dir, error=f"{type(e).__name__}: {e}"[:300],
                                timelines=[])
+        run_s = time.perf_counter() - run_start
     tokens = 2 * pairs * seq
     uses_head = method != "baseline"
     tflops = step_flops(cfg, pairs, seq, uses_head) / step_s / 1e12
@@ -206,6 +214,13 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
                 mfu=round(tflops / peak_tflops, 4),
                 mfu_own=round(own_tflops / peak_tflops, 4), peak_mem_gb=peak_memory_gb(),
                 compile_s=round(compile_s, 1), loss=float(metrics["loss/total"]),
+                # where a case's wall time goes (a lease has to plan for all of it): the
+                # process's imports and device start, then random params, optimizer state and
+                # batch on the device (their programs compiled), then the step's compile, then
+                # warm-up, timed steps and any profile; the rest is the process's start and exit
+                phases_s=dict(imports=round(setup_start - _PROCESS_START, 1),
+                              setup=round(setup_s, 1), compile=round(compile_s, 1),
+                              run=round(run_s, 1)),
                 fused_attention_calls=attention_calls,
                 device=jax.devices()[0].device_kind, **({"profile": profile} if profile else {}))
 
@@ -362,8 +377,8 @@ def _error_line(output: str, returncode: int) -> str:
 def _print_table(rows: list[dict], header: str) -> None:
     print(header)
     print("| shape | stack | method | seq | tokens/s | TFLOP/s | MFU | MFU own | peak GiB "
-          "| compile s | step s | case wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| setup s | compile s | step s | case wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['shape']} | {r['label']} | {r['method']} | {r['seq']} | "
@@ -371,9 +386,11 @@ def _print_table(rows: list[dict], header: str) -> None:
             continue
         mem = "-" if r.get("peak_mem_gb") is None else f"{r['peak_mem_gb']:.1f}"
         mfu = r.get("mfu", "-")
+        phases = r.get("phases_s")
+        setup = "-" if not phases else f"{phases['imports'] + phases['setup']:.1f}"
         print(f"| {r['shape']} | {r['label']} | {r['method']} | {r['seq']} | "
               f"{r['tokens_per_s']} | {r['tflops']} | {mfu} | {r.get('mfu_own', mfu)} | {mem} | "
-              f"{r.get('compile_s', r.get('warmup_s', '-'))} | {r['step_s']} | "
+              f"{setup} | {r.get('compile_s', r.get('warmup_s', '-'))} | {r['step_s']} | "
               f"{r['case_wall_s']} |")
     ok = [r for r in rows if "error" not in r]
     for r in (r for r in ok if r["stack"] == "hafrm-jax"):

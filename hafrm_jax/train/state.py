@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -29,7 +30,12 @@ class TrainState:
 
 
 def _init_fn(model_config: ModelConfig, collection: str = "params"):
-    model = HybridRewardModel(model_config)
+    """`init(rng)`: the model's boxed params (or LoRA adapters) from `rng`."""
+    # Built with one layer per scan step whatever `scan_unroll` says: nn.scan draws the same
+    # stacked params however it unrolls, and an unrolled init compiles every layer's initialiser
+    # (and the DCE'd forward) separately: Qwen2.5-0.5B's took 16.5 s to compile on a 2-core CPU,
+    # against 2.3 s scanned.
+    model = HybridRewardModel(dataclasses.replace(model_config, scan_unroll=1))
     ids = jnp.zeros((2, 8), jnp.int32)
     mask = jnp.ones((2, 8), jnp.int32)
 

@@ -10,7 +10,7 @@ import pytest
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
-from hafrm_jax.model.config import PRESETS
+from hafrm_jax.model.config import PRESETS, LoraConfig
 from hafrm_jax.model.decoder import (_FUSED_ATTENTION_FORWARD, gate_up_projections,
                                      save_dots_and_fused_attention)
 from hafrm_jax.objective import LossConfig, ObjectiveConfig, hybrid_loss
@@ -77,6 +77,27 @@ def test_execution_options_compute_the_same_loss_and_gradients(tiny_config, opti
     # (gate_up_projections), whose sums run in another order than two matmuls'
     for a, b in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(ref_grad)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_initial_params_do_not_depend_on_scan_unrolling(tiny_config):
+    """init_params builds every model scanned one layer a step (an unrolled init compiles each
+    layer's initialiser apart: 16.5 s instead of 2.3 s at Qwen2.5-0.5B), which is right only
+    while nn.scan draws the same params however it unrolls."""
+    from hafrm_jax.model.hybrid import HybridRewardModel
+
+    ids = jnp.zeros((2, 8), jnp.int32)
+    mask = jnp.ones((2, 8), jnp.int32)
+    drawn = {}
+    for unroll in (1, 0):  # the LoRA adapters too
+        cfg = dataclasses.replace(tiny_config, num_layers=3, scan_unroll=unroll,
+                                  lora=LoraConfig(rank=2))
+        model = HybridRewardModel(cfg)
+        drawn[unroll] = jax.jit(lambda rng: model.init(rng, ids, mask, mask))(
+            jax.random.PRNGKey(3))
+    assert set(drawn[1]) == {"params", "lora"}
+    assert jax.tree_util.tree_structure(drawn[0]) == jax.tree_util.tree_structure(drawn[1])
+    for a, b in zip(jax.tree_util.tree_leaves(drawn[0]), jax.tree_util.tree_leaves(drawn[1])):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
