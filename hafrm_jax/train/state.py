@@ -33,8 +33,8 @@ def _init_fn(model_config: ModelConfig, collection: str = "params"):
     """`init(rng)`: the model's boxed params (or LoRA adapters) from `rng`."""
     # Built with one layer per scan step whatever `scan_unroll` says: nn.scan draws the same
     # stacked params however it unrolls, and an unrolled init compiles every layer's initialiser
-    # (and the DCE'd forward) separately: Qwen2.5-0.5B's took 16.5 s to compile on a 2-core CPU,
-    # against 2.3 s scanned.
+    # (and the DCE'd forward) separately: Qwen2.5-0.5B's took 16.5 s to compile for a 2-core CPU
+    # against 2.3 s scanned, and 270 s against 15 s compiled for an H100 (bench/RESULTS.md).
     model = HybridRewardModel(dataclasses.replace(model_config, scan_unroll=1))
     ids = jnp.zeros((2, 8), jnp.int32)
     mask = jnp.ones((2, 8), jnp.int32)
