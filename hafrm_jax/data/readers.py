@@ -157,8 +157,8 @@ def hh_turns(prompt: str, field: str) -> list[Message]:
 
 def parse_hh_rlhf(record: Mapping, *, single_turn: bool = False) -> PreferencePair | str:
     """Anthropic HH-RLHF: `chosen` and `rejected` are whole dialogues sharing all but the last
-    assistant turn. `single_turn` keeps only prompts of exactly one Human turn (what the paper's released code
-    trains and tests on; configs/hh.py keeps every turn)."""
+    assistant turn. `single_turn` keeps only prompts of exactly one Human turn (what the paper's
+    released code trains and tests on; configs/hh.py keeps every turn)."""
     chosen = _text(_field(record, "chosen"), "chosen")
     rejected = _text(_field(record, "rejected"), "rejected")
     prompt, chosen = split_hh_dialogue(chosen, "chosen")

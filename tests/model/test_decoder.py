@@ -13,6 +13,7 @@ from jax.interpreters import mlir
 from hafrm_jax.model.config import PRESETS, LoraConfig
 from hafrm_jax.model.decoder import (_FUSED_ATTENTION_FORWARD, gate_up_projections,
                                      save_dots_and_fused_attention)
+from hafrm_jax.model.hybrid import HybridRewardModel
 from hafrm_jax.objective import LossConfig, ObjectiveConfig, hybrid_loss
 from tests.conftest import make_pair_batch
 from tests.model.test_hybrid import init
@@ -83,8 +84,6 @@ def test_initial_params_do_not_depend_on_scan_unrolling(tiny_config):
     """init_params builds every model scanned one layer a step (an unrolled init compiles each
     layer's initialiser apart: 16.5 s instead of 2.3 s at Qwen2.5-0.5B), which is right only
     while nn.scan draws the same params however it unrolls."""
-    from hafrm_jax.model.hybrid import HybridRewardModel
-
     ids = jnp.zeros((2, 8), jnp.int32)
     mask = jnp.ones((2, 8), jnp.int32)
     drawn = {}
