@@ -1,11 +1,22 @@
 """Shared fixtures: a tiny untied model and hand-built batches. CPU JAX, float32 throughout."""
 
+import os
+
 import numpy as np
 import pytest
 
 from hafrm_jax.model.config import preset
 
 SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """Workers for `-n auto` (pyproject's addopts): one per core this process may use, at most
+    4. Each worker's JAX runs its computations on a thread pool of its own, so more workers than
+    that buy little and add a JAX's memory each (~2-6 GB at the suite's peaks)."""
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1, 4))
 
 
 @pytest.fixture
