@@ -37,15 +37,22 @@ def load_tokenizer(config: ml_collections.ConfigDict, pretrained_dir: str | None
         "model.name_or_path to a Hugging Face checkpoint directory or hub id")
 
 
+def host_share(num_pairs: int, process_index: int, process_count: int) -> np.ndarray:
+    """Split positions of host `process_index`'s share: every `process_count`-th pair."""
+    return np.arange(process_index, num_pairs, process_count)
+
+
 @dataclasses.dataclass
 class PreparedData:
-    """This host's share of every split (all of it on one host), tokenised."""
+    """The whole training split on every host (so that a step's batch is the same whatever
+    the number of hosts), and this host's share of validation and test (all of them on one
+    host), tokenised."""
 
     splits: dict[str, TokenizedPairs]
     sizes: dict[str, int]  # pairs per split over all hosts, before tokenisation
-    stats: dict[str, TokenizeStats]  # of this host's share
-    flipped: np.ndarray  # split positions of this host's training pairs whose labels were
-    # flipped (drawn over the split; a drawn pair dropped as identical flips nothing)
+    stats: dict[str, TokenizeStats]  # of the training split, and of this host's eval shares
+    flipped: np.ndarray  # split positions of the training pairs whose labels were flipped
+    # (drawn over the split; a drawn pair dropped as identical flips nothing)
     read_counts: dict[str, dict]  # per split: records read, skipped (bad input), filtered
     prompt_format: str  # the training prompts: "turns", "text" or "mixed"
 
@@ -76,8 +83,14 @@ def load_records(config: ml_collections.ConfigDict
 
 def prepare_data(config: ml_collections.ConfigDict, tokenizer, process_index: int = 0,
                  process_count: int = 1) -> PreparedData:
-    """Tokenise this host's share of every split (pairs process_index, + process_count, ...),
-    then flip `data.label_noise` of the training pairs (the same pairs on every host)."""
+    """Tokenise the training split, and this host's share of validation and test (pairs
+    process_index, + process_count, ...), then flip `data.label_noise` of the training pairs.
+
+    Every host holds the whole training split: a step's global batch is drawn over the split
+    (`EpochSampler`) and each host makes its rows of it, so that the batches, and a resumed
+    run's data order, do not depend on the number of hosts. Evaluation scores shares and
+    gathers the scores, which does not depend on it either.
+    """
     d = config.data
     records, counts = load_records(config)
     splits, stats = {}, {}
@@ -86,7 +99,8 @@ def prepare_data(config: ml_collections.ConfigDict, tokenizer, process_index: in
         if len(pairs) < process_count:
             raise ValueError(f"data.source={d.source!r}: the {name} split has {len(pairs)} "
                              f"pairs, fewer than the {process_count} hosts")
-        share = np.arange(process_index, len(pairs), process_count)
+        share = (np.arange(len(pairs)) if name == "train"
+                 else host_share(len(pairs), process_index, process_count))
         splits[name], stats[name] = tokenize_pairs(
             [pairs[i] for i in share], tokenizer, d.max_length, d.max_prompt_length,
             d.chat_format, d.prompt_template, indices=share)
@@ -98,6 +112,7 @@ def prepare_data(config: ml_collections.ConfigDict, tokenizer, process_index: in
     splits["train"], drawn = flip_labels(splits["train"], d.label_noise, d.seed, sizes["train"])
     flipped = drawn[np.isin(drawn, splits["train"].index)]
     if len(drawn):
-        log.info("label noise: flipped %d of this host's %d training pairs (%d drawn over the "
-                 "split's %d)", len(flipped), len(splits["train"]), len(drawn), sizes["train"])
+        log.info("label noise: flipped %d of the %d training pairs (%d drawn over the split's "
+                 "%d, before identical pairs were dropped)", len(flipped), len(splits["train"]),
+                 len(drawn), sizes["train"])
     return PreparedData(splits, sizes, stats, flipped, counts, prompt_format(records["train"]))

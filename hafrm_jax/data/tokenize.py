@@ -32,6 +32,12 @@ class TokenizedPairs:
     def num_tokens(self) -> int:
         return int(self.lengths.sum())
 
+    def take(self, rows: np.ndarray) -> "TokenizedPairs":
+        """The pairs at positions `rows` of this split (their split positions kept in `index`)."""
+        return TokenizedPairs(self.tokens[rows], self.lengths[rows], self.prompt_lengths[rows],
+                              self.index[rows],
+                              None if self.ref_logps is None else self.ref_logps[rows])
+
     def with_swapped(self, indices: np.ndarray) -> "TokenizedPairs":
         """A copy in which the pairs at `indices` have chosen and rejected exchanged."""
         out = dataclasses.replace(self, tokens=self.tokens.copy(), lengths=self.lengths.copy(),

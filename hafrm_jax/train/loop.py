@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from hafrm_jax import configuration, reference
 from hafrm_jax.checkpoint import RunCheckpoints, abstract_like
 from hafrm_jax.data.batching import EpochSampler, make_batch, padding_fraction
-from hafrm_jax.data.pipeline import load_tokenizer, prepare_data
+from hafrm_jax.data.pipeline import host_share, load_tokenizer, prepare_data
 from hafrm_jax.evaluation import eval_batch_size, local_rows, make_score_fn, score_pairs
 from hafrm_jax.hf.checkpoint import original_hf_config, resolve_checkpoint
 from hafrm_jax.metrics import pair_metrics
@@ -114,7 +114,11 @@ def _attach_reference_logps(config, workdir: str, loss_config: LossConfig, split
                                 with_logprobs=True)
         started, refs = time.time(), {}
         for name in names:
-            scores = score(logp_fn, params, splits[name], name)
+            data = splits[name]
+            if name == "train":  # held whole on every host: each scores its share
+                data = data.take(host_share(len(data), jax.process_index(),
+                                            jax.process_count()))
+            scores = score(logp_fn, params, data, name)
             refs[f"{name}.index"], refs[f"{name}.logps"] = scores["index"], scores["logps"]
         log.info("reference log-probs: %d pairs in %.1fs",
                  sum(len(v) for k, v in refs.items() if k.endswith(".index")),
@@ -160,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     else:  # a resumed run writes them once its checkpoint has restored
         _save_run_files(config, workdir, tokenizer, loss_config, pretrained)
 
-    # Data: this host's share of each split.
+    # Data: the training split, and this host's share of validation and test.
     data = prepare_data(config, tokenizer, jax.process_index(), jax.process_count())
     save_data_summary(workdir, data.prompt_format, data.sizes, data.read_counts)
     splits = data.splits
@@ -199,8 +203,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      in_shardings=(state_sh, batch_sh, ref_sh, frozen_sh),
                      out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
     train = splits["train"]
+    # The global batch of a step is drawn over the whole split; this host makes its rows.
     local_batch = t.batch_size // jax.process_count()
-    sampler = EpochSampler(len(train), local_batch, t.seed, lengths=train.lengths.max(axis=1),
+    own_rows = slice(jax.process_index() * local_batch, (jax.process_index() + 1) * local_batch)
+    sampler = EpochSampler(len(train), t.batch_size, t.seed, lengths=train.lengths.max(axis=1),
                            bucket_batches=config.data.bucket_batches)
     log.info("training batches: %.1f%% padding", 100 * padding_fraction(
         train, sampler, config.data.pad_to_multiple))
@@ -250,7 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                disable=jax.process_index() != 0, dynamic_ncols=True)
     with _StopOnSignal() as signals, jax.set_mesh(mesh):
         while step < t.steps:
-            local = make_batch(train, sampler.indices(step), config.data.pad_to_multiple)
+            local = make_batch(train, sampler.indices(step)[own_rows],
+                               config.data.pad_to_multiple)
             tokens += int(local["attention_mask"].sum())
             state, metrics = step_fn(state, host_batch_to_global(local, batch_sh))
             pending.append(metrics)
@@ -289,6 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 checkpoints.save(step, state, {
                     "step": step, "data_position": sampler.position(step),
                     "train_pairs": data.sizes["train"], "process_count": jax.process_count(),
+                    "data_order": DATA_ORDER,
                     "best_validation_accuracy": best_score, "best_step": best_step,
                     # the steps since the last log, so a resumed run logs the same means
                     "pending_metrics": [{k: float(v) for k, v in m.items()}
@@ -324,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         "validation": result.validation, "test": result.test,
         "skipped_updates": int(jax.device_get(state.skipped)),
         "label_noise": config.data.label_noise,
-        "flipped_train_pairs": _sum_over_hosts(len(data.flipped)),
+        "flipped_train_pairs": len(data.flipped),
         # This invocation's wall time (a resumed run counts only its last part).
         "wall_seconds": round(time.perf_counter() - started, 1),
         "device": device_description(),
@@ -338,8 +346,8 @@ def _score_split(score_fn, params, split, split_name: str, *, sizes: dict, **kwa
 
 def _longest_batch(train, local_batch: int, pad_to_multiple: int,
                    with_ref_logps: bool) -> dict[str, np.ndarray]:
-    """This host's batch of its longest training pairs (the largest shape a step can get), as
-    the loop will make it once the reference log-probs are attached (zeros stand in)."""
+    """A host's rows of a batch of the longest training pairs (the largest shape a step can
+    get), as the loop will make it once the reference log-probs are attached (zeros stand in)."""
     longest = np.argsort(train.lengths.max(axis=1), kind="stable")[-local_batch:]
     batch = make_batch(train, longest, pad_to_multiple)
     if with_ref_logps:
@@ -353,27 +361,30 @@ def _save_run_files(config, workdir: str, tokenizer, loss_config: LossConfig,
                    original_hf_config(pretrained) if pretrained else None)
 
 
-def _sum_over_hosts(count: int) -> int:
-    if jax.process_count() == 1:
-        return int(count)
-    from jax.experimental import multihost_utils
-
-    return int(np.sum(multihost_utils.process_allgather(np.asarray(count, np.int64))))
+# How a step's batch is drawn, as checkpoints record it. "global": over the whole training
+# split, the same on any number of hosts. Checkpoints without the field come from versions in
+# which each host shuffled its own share: the same order as "global" on one host only.
+DATA_ORDER = "global"
 
 
-def check_same_data_order(meta: dict, train_pairs: int, process_count: int,
-                          workdir: str) -> None:
+def check_same_data_order(meta: dict, train_pairs: int, workdir: str) -> None:
     """Refuse to resume where the batch of a step would not be the one the run saw: the data
-    has another number of pairs, or another number of hosts shuffles it (each host shuffles its
-    own share). Checkpoints of older versions lack the fields: not checked."""
-    for key, now, what in (("train_pairs", train_pairs, "training pairs"),
-                           ("process_count", process_count, "hosts")):
-        saved = meta.get(key)
-        if saved is not None and saved != now:
-            raise configuration.ConfigError(
-                f"{workdir} was trained with {saved} {what}; this job has {now}: the batches of "
-                "the coming steps would not continue its data order, so it cannot resume as the "
-                "same run. Use another --workdir, or --config.train.allow_config_change=true.")
+    has another number of pairs, or the run was trained on several hosts by a version that
+    shuffled each host's share. Another number of hosts is fine: the order is global.
+    Checkpoints of older versions lack the fields: what they lack is not checked."""
+    saved = meta.get("train_pairs")
+    if saved is not None and saved != train_pairs:
+        raise configuration.ConfigError(
+            f"{workdir} was trained with {saved} training pairs; this job has {train_pairs}: the "
+            "batches of the coming steps would not continue its data order, so it cannot resume "
+            "as the same run. Use another --workdir, or --config.train.allow_config_change=true.")
+    hosts = meta.get("process_count")
+    if meta.get("data_order") is None and hosts is not None and hosts > 1:
+        raise configuration.ConfigError(
+            f"{workdir} was trained on {hosts} hosts by an older version of hafrm-jax, whose "
+            "hosts each shuffled their own share of the data: this version draws every batch "
+            "over the whole split, so the coming steps would not continue that run's data "
+            "order. Use another --workdir, or --config.train.allow_config_change=true.")
 
 
 def _resume(checkpoints: RunCheckpoints, start: int, state: TrainState, workdir: str,
@@ -388,7 +399,7 @@ def _resume(checkpoints: RunCheckpoints, start: int, state: TrainState, workdir:
             "config builds (a changed optimizer setting, e.g. optim.max_grad_norm turned on or "
             f"off, or LoRA targets); use another --workdir. Orbax: {e}") from e
     if not config.train.allow_config_change:
-        check_same_data_order(meta, train_pairs, jax.process_count(), workdir)
+        check_same_data_order(meta, train_pairs, workdir)
     best_score, best_step = meta["best_validation_accuracy"], meta.get("best_step")
     if best_step is not None and not checkpoints.has_best(best_step):
         log.warning("the best params of step %d are missing from %s/best: model selection "

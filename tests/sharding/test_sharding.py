@@ -67,16 +67,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_one_model(tmp_path):
-    port, workdir = str(_free_port()), str(tmp_path / "run")
-    procs = [run_script("two_process.py", port, str(i), workdir, devices=4, wait=False)
-             for i in range(2)]
+def _two_processes(workdir: str, *args: str) -> list[dict]:
+    """two_process.py's run as a job of two processes of 4 CPU devices each."""
+    port = str(_free_port())
+    procs = [run_script("two_process.py", port, str(i), workdir, "2", *args, devices=4,
+                        wait=False) for i in range(2)]
     outs = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stderr[-4000:]
         outs.append(last_json(stdout))
+    return outs
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_model_as_one_process_does(tmp_path):
+    """Two hosts train the run one host trains (every step's batch is drawn over the whole
+    split), and a run resumes on another number of hosts as the same run."""
+    outs = _two_processes(str(tmp_path / "run"))
     assert [o["process"] for o in outs] == [0, 1]
     assert all(o["devices"] == 8 and o["local_devices"] == 4 and o["step"] == 4 for o in outs)
     assert outs[0]["train_loss"] == outs[1]["train_loss"]
@@ -84,3 +92,24 @@ def test_two_processes_train_one_model(tmp_path):
     # metrics are written once: process 0's rows only, each step once
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert sum('"train/loss"' in r for r in rows) == 2
+
+    # one process of 8 devices, the same mesh: the same batches, so the same run (reductions
+    # of the cross-process collectives summed in another order: ~1e-6)
+    alone = run_script("two_process.py", "0", "0", str(tmp_path / "alone"), "1")
+    assert alone["step"] == 4 and alone["local_devices"] == 8
+    _assert_same_run(outs[0], alone)
+    # started alone, stopped after step 2, resumed by two processes
+    first = run_script("two_process.py", "0", "0", str(tmp_path / "moved"), "1", "2")
+    assert first["step"] == 2 and first["test"] is None
+    moved = _two_processes(str(tmp_path / "moved"))
+    assert all(o["step"] == 4 for o in moved)
+    _assert_same_run(moved[0], alone)
+
+
+def _assert_same_run(a: dict, b: dict) -> None:
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=TOLERANCE)
+    for split in ("validation", "test"):
+        assert a[split]["num_pairs"] == b[split]["num_pairs"]
+        assert a[split]["accuracy"] == b[split]["accuracy"], split
+        assert a[split]["reward_margin"] == pytest.approx(b[split]["reward_margin"],
+                                                          rel=TOLERANCE, abs=1e-6), split

@@ -179,18 +179,20 @@ def test_retention_keeps_last_k_and_the_best(tmp_path):
     assert meta["best_step"] == int(best[0])
 
 
-def test_resume_refused_on_another_host_count_or_pair_count():
-    """Each host shuffles its own share: on another number of hosts the coming batches would
-    repeat some pairs and skip others."""
-    from hafrm_jax.train.loop import check_same_data_order
+def test_resume_refused_on_another_pair_count_or_an_old_multi_host_order():
+    """Batches are drawn over the whole split, so any number of hosts continues a run; another
+    number of pairs would not, nor would this version continue a several-host run of a version
+    in which each host shuffled its own share (checkpoints without "data_order")."""
+    from hafrm_jax.train.loop import DATA_ORDER, check_same_data_order
 
-    meta = {"train_pairs": 256, "process_count": 2}
-    check_same_data_order(meta, 256, 2, "w")
-    check_same_data_order({}, 100, 4, "w")  # an older checkpoint: nothing to compare
-    with pytest.raises(configuration.ConfigError, match="2 hosts; this job has 1"):
-        check_same_data_order(meta, 256, 1, "w")
+    meta = {"train_pairs": 256, "process_count": 2, "data_order": DATA_ORDER}
+    check_same_data_order(meta, 256, "w")  # on 1, 2 or 8 hosts alike: no host count is passed
+    check_same_data_order({}, 100, "w")  # an older checkpoint: nothing to compare
+    check_same_data_order({"train_pairs": 256, "process_count": 1}, 256, "w")  # old, one host
     with pytest.raises(configuration.ConfigError, match="256 training pairs; this job has 128"):
-        check_same_data_order(meta, 128, 2, "w")
+        check_same_data_order(meta, 128, "w")
+    with pytest.raises(configuration.ConfigError, match="trained on 2 hosts by an older version"):
+        check_same_data_order({"train_pairs": 256, "process_count": 2}, 256, "w")
 
 
 def test_best_params_survive_a_kill_between_best_and_state_saves(tmp_path):
