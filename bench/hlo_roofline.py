@@ -13,8 +13,9 @@ the time goes, and the two together say which kernels run far from their bound.
 Bytes: each operand and result once; an operand that the kernel only slices, gathers from or
 updates in place counts the slice (or update) instead of the whole array. FLOPs: 2 x output
 elements x contracted size for every dot, cuDNN attention as 4 x batch x heads x seq^2 x dim
-(halved for a causal mask; x 2.5 for the backward kernel). No dependency beyond the standard
-library.
+(halved for a causal mask; x 2.5 for the backward kernel), the library's LM-head Triton
+kernels as their logits matmul (their table counted once: its tiles are shared in L2 by the
+programs running at once). No dependency beyond the standard library.
 """
 
 from __future__ import annotations
@@ -116,6 +117,14 @@ def _attention_flops(call: Instruction, shapes: dict[str, str]) -> float:
     return flops * (2.5 if "Backward" in call.attributes else 1.0)
 
 
+def _head_kernel_flops(call: Instruction, shapes: dict[str, str]) -> float:
+    """The library's LM-head Triton kernels (hafrm_jax/model/head_kernel.py): a logits matmul of
+    rows [n, hidden] by the table ([vocab, hidden] or [hidden, vocab]), operands 0 and 1."""
+    rows, hidden = (_dims(shapes.get(call.operands[0], "")) + [0, 0])[:2]
+    table = math.prod(_dims(shapes.get(call.operands[1], ""))) if len(call.operands) > 1 else 0
+    return 2.0 * rows * table
+
+
 def _sliced_reads(name: str, users: dict) -> list[int] | None:
     """The elements read of `name` where every use of it (looking through bitcasts and element
     type converts, which XLA computes per element) is as the array sliced (operand 0 of a
@@ -204,6 +213,8 @@ def program_kernels(text: str, unknown_trips: int = 1) -> list[Kernel]:
                 kind = target.group(1) if target else kind
                 if "fmha" in kind:
                     flops = _attention_flops(instruction, shapes)
+                elif "triton" in kind and "lm_head_" in instruction.attributes:
+                    flops = _head_kernel_flops(instruction, shapes)
                 elif "gemm" in kind:
                     flops = _dot_flops(instruction, shapes)
             elif instruction.op == "dot":

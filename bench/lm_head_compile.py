@@ -8,6 +8,8 @@ where HaF's cost over the plain reward model lies, and what a change to it could
 Variants, on the bench's batch (16 sequences x 1,024 positions, the second half response):
 - chunked: the library's `sequence_logprobs` (chunks of 128 positions, logits recomputed in
   the backward pass, never stored);
+- kernels: the library's chunks with its Pallas head kernels (hafrm_jax/model/head_kernel.py,
+  Triton: the logits reduced where they are computed, never written; `--tile` sets their tile);
 - stored: every response position at once, the float32 logits kept from the forward pass for
   the backward (no recompute; +batch x positions x vocab x 4 bytes of memory). Not in the
   library: the floor of what XLA's kernels do with the head when nothing is recomputed.
@@ -18,6 +20,7 @@ Needs the CUDA plugin, as bench/gpu_compile.py (whose H100 description and roofl
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -32,13 +35,19 @@ from bench.gpu_compile import H100_TARGET, gpu_mesh  # noqa: E402
 from bench.hlo_roofline import (add_roofline_options, bound_seconds,  # noqa: E402
                                 format_roofline, program_kernels)
 from hafrm_jax.model.config import PRESETS  # noqa: E402
+from hafrm_jax.model.head_kernel import HeadBlocks  # noqa: E402
 from hafrm_jax.model.readout import max_and_sum_exp, sequence_logprobs  # noqa: E402
 
 
-def chunked(hidden, weight, input_ids, response_mask, chunk):
+def chunked(hidden, weight, input_ids, response_mask, chunk, kernel_blocks=None):
     """The library's log-prob sum, summed over the batch (a scalar to differentiate)."""
     return jnp.sum(sequence_logprobs(hidden, weight, input_ids, response_mask, chunk,
-                                     vocab_major=True))
+                                     vocab_major=True, kernel_blocks=kernel_blocks))
+
+
+def kernels(hidden, weight, input_ids, response_mask, chunk, kernel_blocks=HeadBlocks()):
+    """The library's log-prob sum with its LM-head kernels."""
+    return chunked(hidden, weight, input_ids, response_mask, chunk, kernel_blocks)
 
 
 @jax.custom_vjp
@@ -70,21 +79,23 @@ def _stored_backward(residuals, g):
 _stored_logprobs.defvjp(_stored_forward, _stored_backward)
 
 
-def stored(hidden, weight, input_ids, response_mask, chunk):
+def stored(hidden, weight, input_ids, response_mask, chunk, kernel_blocks=None):
     """Every response position at once (the bench's second halves), logits kept."""
-    del chunk
+    del chunk, kernel_blocks
     half = hidden.shape[1] // 2
     rows = hidden[:, half - 1:-1].reshape(-1, hidden.shape[-1])  # position t predicts t + 1
     return _stored_logprobs(rows, weight, input_ids[:, half:].reshape(-1))
 
 
-VARIANTS = {"chunked": chunked, "stored": stored}
+VARIANTS = {"chunked": chunked, "kernels": kernels, "stored": stored}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(PRESETS))
-    parser.add_argument("--variants", default="chunked,stored")
+    parser.add_argument("--variants", default="chunked,kernels,stored")
+    parser.add_argument("--tile", default="128x128x64",
+                        help="the kernels' tile, rows x vocab x depth")
     parser.add_argument("--sequences", type=int, default=16)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--chunk", type=int, default=128)
@@ -105,11 +116,14 @@ def main():
     trips = -(-(args.seq - args.seq // 2) // args.chunk)  # chunks holding a response token
     bandwidth, peak = args.bandwidth_tb_s * 1e12, args.peak_tflops * 1e12
     rows = []
+    tile = HeadBlocks(*map(int, args.tile.split("x")))
     for name in args.variants.split(","):
-        fn = VARIANTS[name]
+        fn = functools.partial(VARIANTS[name], kernel_blocks=tile) if name == "kernels" \
+            else VARIANTS[name]
         grad = jax.jit(jax.value_and_grad(lambda h, w, i, r, f=fn: f(h, w, i, r, args.chunk),
                                           argnums=(0, 1)))
-        compiled = grad.lower(*inputs).compile()
+        with jax.set_mesh(mesh):  # the Triton kernels compile for the mesh's (abstract) GPU
+            compiled = grad.lower(*inputs).compile()
         kernels = program_kernels(compiled.as_text(), unknown_trips=trips)
         peak_gib = compiled.memory_analysis().peak_memory_in_bytes / 2**30
         bound = bound_seconds(kernels, bandwidth, peak)

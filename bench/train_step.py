@@ -7,6 +7,8 @@
 qwen2.5-1.5b:baseline:1024 --budget-s=300 --json=out.jsonl     # cases run in the order given
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024,qwen2.5-0.5b:haf:1024+chunk=512+unroll=1
   python bench/train_step.py --cases=qwen2.5-0.5b:baseline:1024+unroll=1+xla=cublas  # scan, cuBLAS
+  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024+head=pallas+tile=64x128x64  # LM-head
+      # kernels (hafrm_jax/model/head_kernel.py) with a tile of 64 rows x 128 vocab x 64 depth
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024 --profile=/tmp/prof   # + busiest ops,
       # and the kernels furthest from their roofline bound (bench/hlo_roofline.py)
 
@@ -63,8 +65,8 @@ from bench.hlo_roofline import (H100_BANDWIDTH_TB_S, format_against_profile,  # 
 from bench.trace_summary import (find_trace, format_summary, load_events, summarize,  # noqa: E402
                                  timeline_op_ms)
 from hafrm_jax.distributed import claim_gpu_memory  # noqa: E402
-from hafrm_jax.model.config import (ATTENTION_IMPLS, PRESETS, REMAT_POLICIES,  # noqa: E402
-                                    ModelConfig)
+from hafrm_jax.model.config import (ATTENTION_IMPLS, LM_HEAD_KERNELS, PRESETS,  # noqa: E402
+                                    REMAT_POLICIES, ModelConfig)
 from hafrm_jax.objective import LossConfig, ObjectiveConfig  # noqa: E402
 from hafrm_jax.sharding import (DEFAULT_RULES, batch_sharding, make_mesh,  # noqa: E402
                                 traced_under_rules)
@@ -243,9 +245,25 @@ XLA_FLAG_SETS = {
 
 # Per-case execution options of our step: `+remat=none+chunk=512` after a case overrides the
 # command line's --remat / --chunk / --attention / --unroll for that case alone; `+xla=name` runs
-# it under one of XLA_FLAG_SETS.
+# it under one of XLA_FLAG_SETS; `+head=pallas` uses the LM-head kernels, `+tile=64x128x64` with
+# another tile (rows x vocab x depth). None: an integer; TILE: three integers joined by "x".
+TILE = "RxVxD"
 CASE_OPTIONS = {"remat": REMAT_POLICIES, "chunk": None, "attention": ATTENTION_IMPLS,
-                "unroll": None, "xla": tuple(XLA_FLAG_SETS)}
+                "unroll": None, "xla": tuple(XLA_FLAG_SETS), "head": LM_HEAD_KERNELS,
+                "tile": TILE}
+
+
+def _valid_option(allowed, value: str) -> bool:
+    if allowed is None:
+        return value.isdigit()
+    if allowed == TILE:
+        parts = value.split("x")
+        return len(parts) == 3 and all(p.isdigit() for p in parts)
+    return value in allowed
+
+
+def _describe(allowed) -> str:
+    return "<int>" if allowed is None else allowed if allowed == TILE else "|".join(allowed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,10 +295,9 @@ class Case:
         for option in option_texts:
             name, _, value = option.partition("=")
             allowed = CASE_OPTIONS.get(name, ())
-            if not value or (allowed is not None and value not in allowed) \
-                    or (allowed is None and not value.isdigit()):
+            if not value or not _valid_option(allowed, value):
                 raise SystemExit(f"bad option {option!r} in case {text!r}: expected one of "
-                                 + ", ".join(f"{k}={'|'.join(v) if v else '<int>'}"
+                                 + ", ".join(f"{k}={_describe(v)}"
                                              for k, v in CASE_OPTIONS.items()))
             options.append((name, value))
         stack = "torch" if len(fields) == 4 else "hafrm-jax"
@@ -315,12 +332,19 @@ def with_torch_cases(cases: list[Case]) -> list[Case]:
 def case_model_config(case: Case, args) -> ModelConfig:
     """The model config of one of our cases: the shape's preset with the command line's
     execution options (--dtype, --remat, --chunk, --attention, --unroll), then the case's."""
+    default = PRESETS[case.shape]
     options = {"remat": args.remat, "chunk": str(args.chunk), "attention": args.attention,
-               "unroll": str(args.unroll), **dict(case.options)}
-    return dataclasses.replace(PRESETS[case.shape], dtype=args.dtype, remat=options["remat"],
-                               attention_impl=options["attention"],
-                               logprob_chunk=int(options["chunk"]),
-                               scan_unroll=int(options["unroll"]))
+               "unroll": str(args.unroll), "head": default.lm_head_kernel,
+               "tile": "x".join(map(str, default.lm_head_blocks)), **dict(case.options)}
+    try:
+        return dataclasses.replace(default, dtype=args.dtype, remat=options["remat"],
+                                   attention_impl=options["attention"],
+                                   logprob_chunk=int(options["chunk"]),
+                                   scan_unroll=int(options["unroll"]),
+                                   lm_head_kernel=options["head"],
+                                   lm_head_blocks=tuple(map(int, options["tile"].split("x"))))
+    except ValueError as e:  # a tile Triton cannot take
+        raise SystemExit(f"bad case {case.spec()!r}: {e}") from None
 
 
 def _run_one(args, case: Case, peak: float) -> dict:
@@ -335,7 +359,9 @@ def _run_one(args, case: Case, peak: float) -> dict:
                                            for c in case.spec()))
     row = run_case(cfg, case.method, args.pairs, case.seq, args.steps, peak, profile_dir)
     row.update(attention=cfg.attention_impl, remat=cfg.remat, chunk=cfg.logprob_chunk,
-               unroll=cfg.scan_unroll, xla_flags=os.environ.get("XLA_FLAGS", ""))
+               unroll=cfg.scan_unroll, head=cfg.lm_head_kernel,
+               tile="x".join(map(str, cfg.lm_head_blocks)),
+               xla_flags=os.environ.get("XLA_FLAGS", ""))
     return row
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from hafrm_jax.model.config import (ATTENTION_IMPLS, REMAT_POLICIES, LoraConfig,
-                                    ModelConfig, preset)
+from hafrm_jax.model.config import (ATTENTION_IMPLS, LM_HEAD_KERNELS, REMAT_POLICIES,
+                                    LoraConfig, ModelConfig, preset)
 from hafrm_jax.objective import METHODS, LossConfig, ObjectiveConfig
 from hafrm_jax.sharding import DEFAULT_RULES, MESH_AXES
 
@@ -41,7 +41,7 @@ def execution_options(config: ml_collections.ConfigDict) -> dict:
     m = config.model
     return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
                 scan_unroll=m.scan_unroll, attention_impl=m.attention_impl,
-                logprob_chunk=m.logprob_chunk,
+                logprob_chunk=m.logprob_chunk, lm_head_kernel=m.lm_head_kernel,
                 lora=lora_config(config))
 
 
@@ -192,6 +192,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(m.attention_impl in ATTENTION_IMPLS,
              f"model.attention_impl={m.attention_impl!r}: expected one of "
              f"{', '.join(ATTENTION_IMPLS)}")
+    _require(m.lm_head_kernel in LM_HEAD_KERNELS,
+             f"model.lm_head_kernel={m.lm_head_kernel!r}: expected one of "
+             f"{', '.join(LM_HEAD_KERNELS)}")
     for key in ("dtype", "param_dtype"):
         _require(m[key] in MODEL_DTYPES,
                  f"model.{key}={m[key]!r}: expected one of {', '.join(MODEL_DTYPES)}")

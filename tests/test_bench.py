@@ -95,9 +95,12 @@ def test_case_specs_round_trip_and_bad_ones_are_refused():
     assert variant.label() == "hafrm-jax chunk=512 remat=none"
     tuned = Case.parse("qwen2.5-0.5b:baseline:1024+remat=dots_attention+unroll=4+xla=cublas")
     assert tuned.options == (("remat", "dots_attention"), ("unroll", "4"), ("xla", "cublas"))
+    kernels = Case.parse("qwen2.5-0.5b:haf:1024+head=pallas+tile=64x256x32")
+    assert kernels.options == (("head", "pallas"), ("tile", "64x256x32"))
     for bad in ("qwen2.5-0.5b:haf:1024+chunk=big", "qwen2.5-0.5b:haf:1024+remat=all",
                 "qwen2.5-0.5b:haf:1024+lr=1", "qwen2.5-0.5b:haf:1024+xla=fast",
-                "qwen2.5-0.5b:haf:1024+unroll=all"):
+                "qwen2.5-0.5b:haf:1024+unroll=all", "qwen2.5-0.5b:haf:1024+head=triton",
+                "qwen2.5-0.5b:haf:1024+tile=64x256", "qwen2.5-0.5b:haf:1024+tile=axbxc"):
         with pytest.raises(SystemExit, match="bad option"):
             Case.parse(bad)
 
@@ -261,6 +264,41 @@ def test_profile_is_matched_to_the_program_kernels():
     assert rows[0].startswith("| `updated.3` |")  # the most time lost first
 
 
+def test_case_options_set_the_lm_head_kernels():
+    import argparse
+
+    from bench.train_step import Case, case_model_config
+    from hafrm_jax.model.head_kernel import HeadBlocks
+
+    args = argparse.Namespace(dtype="bfloat16", remat="none", attention="xla", chunk=128,
+                              unroll=0)
+    tuned = case_model_config(Case.parse("qwen2.5-0.5b:haf:1024+head=pallas+tile=64x256x32"),
+                              args)
+    assert tuned.lm_head_kernel_blocks == HeadBlocks(64, 256, 32)
+    assert case_model_config(Case.parse("qwen2.5-0.5b:haf:1024"), args).lm_head_kernel == "xla"
+    with pytest.raises(SystemExit, match="power of two"):
+        case_model_config(Case.parse("qwen2.5-0.5b:haf:1024+head=pallas+tile=96x128x64"), args)
+
+
+# The LM-head kernel as compiled for an H100: a Triton custom call of rows by the tied table.
+HEAD_KERNEL_HLO = """HloModule m
+
+ENTRY %main (p0: bf16[2048,896], p1: bf16[151936,896]) -> (f32[1187,2048], f32[1187,2048]) {
+  %p0 = bf16[2048,896]{1,0} parameter(0)
+  %p1 = bf16[151936,896]{1,0} parameter(1)
+  ROOT %pallas_call.4 = (f32[1187,2048]{1,0}, f32[1187,2048]{1,0}) custom-call(%p0, %p1), custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(f)/lm_head_log_normalisers/pallas_call"}
+}
+"""
+
+
+def test_roofline_counts_the_head_kernels_logits_matmul():
+    from bench.hlo_roofline import program_kernels
+
+    [kernel] = program_kernels(HEAD_KERNEL_HLO)
+    assert kernel.category == "matmul" and kernel.flops == 2 * 2048 * 151936 * 896
+    assert kernel.bytes == (2048 + 151936) * 896 * 2 + 2 * 1187 * 2048 * 4  # table read once
+
+
 def test_gpu_compile_builds_the_step_from_shapes_alone():
     """bench/gpu_compile.py's compile path (abstract state and batch, the bench's own step),
     here on the CPU mesh; the CUDA target itself needs the jax-cuda plugin."""
@@ -388,8 +426,8 @@ def test_sharded_step_counts_the_bytes_of_each_collective():
 
 
 def test_lm_head_variants_compute_the_same_log_probs_and_gradients():
-    """bench/lm_head_compile.py's stored-logits variant is the library's chunked log-prob sum
-    with nothing recomputed: same value and gradients (float32, CPU)."""
+    """bench/lm_head_compile.py's stored-logits variant (the library's chunked log-prob sum with
+    nothing recomputed) and its kernels variant: same value and gradients (float32, CPU)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -404,8 +442,9 @@ def test_lm_head_variants_compute_the_same_log_probs_and_gradients():
     response = jnp.zeros((sequences, seq), jnp.int32).at[:, seq // 2:].set(1)
     results = [jax.value_and_grad(lambda h, w, f=f: f(h, w, ids, response, 4),
                                   argnums=(0, 1))(hidden, weight)
-               for f in (VARIANTS["chunked"], VARIANTS["stored"])]
-    (value_a, (dh_a, dw_a)), (value_b, (dh_b, dw_b)) = results
-    np.testing.assert_allclose(value_a, value_b, rtol=1e-5)
-    np.testing.assert_allclose(dh_a, dh_b, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(dw_a, dw_b, rtol=1e-4, atol=1e-5)
+               for f in (VARIANTS["chunked"], VARIANTS["stored"], VARIANTS["kernels"])]
+    (value_a, (dh_a, dw_a)), *others = results
+    for value_b, (dh_b, dw_b) in others:
+        np.testing.assert_allclose(value_a, value_b, rtol=1e-5)
+        np.testing.assert_allclose(dh_a, dh_b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(dw_a, dw_b, rtol=1e-4, atol=1e-5)

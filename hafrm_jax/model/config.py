@@ -11,10 +11,14 @@ from typing import Literal, get_args
 
 import jax.numpy as jnp
 
+from hafrm_jax.model.head_kernel import HeadBlocks, check_hidden_size
+
 RematPolicy = Literal["none", "full", "dots", "dots_attention"]
 REMAT_POLICIES = get_args(RematPolicy)
 AttentionImpl = Literal["xla", "cudnn"]
 ATTENTION_IMPLS = get_args(AttentionImpl)
+LmHeadKernel = Literal["xla", "pallas"]
+LM_HEAD_KERNELS = get_args(LmHeadKernel)
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi")
 
 
@@ -114,6 +118,10 @@ class ModelConfig:
     scan_unroll: int = 1  # layers per iteration of the scan over layers; 0: all (no loop)
     attention_impl: AttentionImpl = "xla"  # "cudnn": fused flash attention on NVIDIA GPUs
     logprob_chunk: int = 128  # sequence positions per chunk of LM-head logits
+    # "pallas": the log-prob chunks' logits reduced in Triton kernels, never written (NVIDIA
+    # GPUs, one device; model/head_kernel.py); lm_head_blocks: their tile, rows x vocab x depth
+    lm_head_kernel: LmHeadKernel = "xla"
+    lm_head_blocks: tuple[int, int, int] = (128, 128, 64)
     lora: LoraConfig | None = None  # adapters on the backbone (the base then stays frozen)
 
     def __post_init__(self):
@@ -140,6 +148,17 @@ class ModelConfig:
                              f"{self.num_layers}] (0: every layer)")
         if self.logprob_chunk <= 0:
             raise ValueError(f"logprob_chunk must be positive, got {self.logprob_chunk}")
+        if self.lm_head_kernel not in LM_HEAD_KERNELS:
+            raise ValueError(f"unknown lm_head_kernel {self.lm_head_kernel!r}; expected one of "
+                             f"{LM_HEAD_KERNELS}")
+        HeadBlocks(*self.lm_head_blocks)  # raises on a tile Triton cannot take
+        if self.lm_head_kernel == "pallas":
+            check_hidden_size(self.hidden_size)
+
+    @property
+    def lm_head_kernel_blocks(self) -> HeadBlocks | None:
+        """The Pallas head kernels' tile, or None for XLA's kernels."""
+        return HeadBlocks(*self.lm_head_blocks) if self.lm_head_kernel == "pallas" else None
 
     @property
     def dim_per_head(self) -> int:
@@ -247,6 +266,8 @@ def from_dict(fields: dict) -> ModelConfig:
         fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
     if fields.get("layer_windows") is not None:
         fields["layer_windows"] = tuple(fields["layer_windows"])
+    if "lm_head_blocks" in fields:  # a JSON list
+        fields["lm_head_blocks"] = tuple(fields["lm_head_blocks"])
     if fields.get("lora") is not None:
         fields["lora"] = LoraConfig(**{**fields["lora"], "targets": tuple(fields["lora"]["targets"])})
     return ModelConfig(**fields)

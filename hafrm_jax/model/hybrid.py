@@ -88,7 +88,8 @@ class HybridRewardModel(nn.Module):
             weight, bias, vocab_major = self.lm_head_params()
             logprobs = sequence_logprobs(hidden, weight, input_ids, response_mask,
                                          self.config.logprob_chunk, bias,
-                                         self.config.final_logit_softcap, vocab_major)
+                                         self.config.final_logit_softcap, vocab_major,
+                                         self.config.lm_head_kernel_blocks)
         return HybridOutput(rewards, logprobs)
 
     def logits(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:

@@ -5,16 +5,20 @@
   computed a chunk of positions at a time so that the [batch, seq, vocab] float32 logits never
   exist at once, in the forward or the backward pass; prompt positions never reach the LM head,
   and the backward pass (a custom VJP) recomputes each chunk's logits once, with no autodiff of
-  the log-softmax.
+  the log-softmax. With `kernel_blocks` a chunk's logits are reduced inside Pallas kernels
+  (`head_kernel`) and never written to memory at all.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from hafrm_jax.model.head_kernel import (HeadBlocks, log_normalisers, logit_gradients,
+                                         pad_table, target_logits)
 from hafrm_jax.model.matmul import einsum_f32
 
 
@@ -77,6 +81,7 @@ def sequence_logprobs(
     lm_bias: jax.Array | None = None,
     softcap: float | None = None,
     vocab_major: bool = False,
+    kernel_blocks: HeadBlocks | None = None,
 ) -> jax.Array:
     """Sum of response-token log-probs [batch] under the LM head, in float32.
 
@@ -93,6 +98,8 @@ def sequence_logprobs(
       response_mask: [batch, seq], 1 at response tokens (EOS included).
       chunk_size: positions per chunk. Peak logits memory is batch*chunk*vocab floats.
       softcap: final-logit soft cap (Gemma-2), applied before the log-softmax.
+      kernel_blocks: tiles of the Pallas kernels (`head_kernel`) that reduce each chunk's
+        logits where they are computed; None: XLA's kernels, which write them.
     """
     batch, seq, _ = hidden.shape
     targets, weights = next_token_targets(input_ids, response_mask)
@@ -112,7 +119,9 @@ def sequence_logprobs(
 
     scored = jnp.max(jnp.sum(weights != 0, axis=-1))
     active_chunks = (scored + chunk_size - 1) // chunk_size  # chunks holding a scored position
-    return _chunked_logprobs((softcap, vocab_major), to_chunks(hidden), lm_weight, lm_bias,
+    static = HeadOptions(softcap, vocab_major, lm_weight.shape[0 if vocab_major else 1],
+                         kernel_blocks)
+    return _chunked_logprobs(static, to_chunks(hidden), lm_weight, lm_bias,
                              to_chunks(targets), to_chunks(weights), active_chunks)
 
 
@@ -138,19 +147,70 @@ def max_and_sum_exp(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
                           combine, (logits.ndim - 1,))
 
 
+class HeadOptions(NamedTuple):
+    """Static options of the chunk loops: the soft cap, the matrix's layout, its unpadded
+    vocabulary, and the Pallas kernels' tiles (None: XLA's kernels)."""
+
+    softcap: float | None
+    vocab_major: bool
+    vocab: int
+    kernel_blocks: HeadBlocks | None
+
+
+def _head_table(static: HeadOptions, weight: jax.Array, dtype) -> jax.Array:
+    """The LM-head matrix the chunk loops read: cast to the compute dtype once, outside the loops
+    (inside them, XLA converted the whole matrix every chunk), and padded for the kernels."""
+    table = weight.astype(dtype)
+    if static.kernel_blocks is None:
+        return table
+    return pad_table(table, static.vocab_major, static.kernel_blocks)
+
+
+def _chunk_target_and_lse(static: HeadOptions, hidden, table, bias, targets):
+    """A chunk's target logits and log-normalisers, [batch, chunk] float32 each."""
+    softcap, vocab_major, vocab, kernel_blocks = static
+    if kernel_blocks is None:  # XLA: the chunk's float32 logits are written, then reduced
+        logits = lm_logits(hidden, table, bias, softcap, vocab_major)  # [b, k, vocab]
+        chunk_max, chunk_sum = max_and_sum_exp(logits)
+        target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return target, chunk_max + jnp.log(chunk_sum)
+    rows = hidden.reshape(-1, hidden.shape[-1])  # [b * k, hidden]
+    lse = log_normalisers(rows, table, bias, vocab=vocab, vocab_major=vocab_major,
+                          softcap=softcap, blocks=kernel_blocks)
+    target = target_logits(rows, table, bias, targets.reshape(-1), vocab_major=vocab_major,
+                           softcap=softcap)
+    return target.reshape(targets.shape), lse.reshape(targets.shape)
+
+
+def _chunk_d_logits(static: HeadOptions, hidden, table, bias, targets, lse, coef):
+    """d total / d logits of a chunk [batch, chunk, vocab'] in the compute dtype, and its sum
+    over positions (d_bias [vocab'], float32; None without a bias), vocab' the table's (padded)
+    vocabulary. coef [batch, chunk]: d total / d log-prob."""
+    softcap, vocab_major, vocab, kernel_blocks = static
+    if kernel_blocks is None:
+        logits = lm_logits(hidden, table, bias, softcap, vocab_major)
+        probs = jnp.exp(logits - lse[..., None])  # [batch, chunk, vocab] float32
+        is_target = jnp.arange(logits.shape[-1]) == targets[..., None]
+        d_logits = coef[..., None] * (is_target.astype(jnp.float32) - probs)
+        if softcap is not None:
+            d_logits = d_logits * (1 - jnp.square(logits / softcap))  # through tanh
+        d_bias = None if bias is None else jnp.sum(d_logits, axis=(0, 1))
+        return d_logits.astype(hidden.dtype), d_bias
+    d_logits, d_bias = logit_gradients(
+        hidden.reshape(-1, hidden.shape[-1]), table, bias, targets.reshape(-1), lse.reshape(-1),
+        coef.reshape(-1), vocab=vocab, vocab_major=vocab_major, softcap=softcap,
+        blocks=kernel_blocks)
+    return d_logits.reshape(*targets.shape, d_logits.shape[-1]), d_bias
+
+
 def _chunked_forward(static, hidden, weight, bias, targets, weights, active_chunks):
     """Summed log-probs [batch] and each position's log-normaliser [chunks, batch, chunk]."""
-    softcap, vocab_major = static
     _, batch, chunk, _ = hidden.shape
-    # cast once, outside the loop (inside it, XLA converted the whole matrix every chunk)
-    compute_weight = weight.astype(hidden.dtype)
+    table = _head_table(static, weight, hidden.dtype)
 
     def body(c, carry):
         total, lse = carry
-        logits = lm_logits(hidden[c], compute_weight, bias, softcap, vocab_major)  # [b, k, vocab]
-        chunk_max, chunk_sum = max_and_sum_exp(logits)
-        chunk_lse = chunk_max + jnp.log(chunk_sum)
-        target = jnp.take_along_axis(logits, targets[c][..., None], axis=-1)[..., 0]
+        target, chunk_lse = _chunk_target_and_lse(static, hidden[c], table, bias, targets[c])
         total = total + jnp.sum((target - chunk_lse) * weights[c], axis=-1)
         return total, jax.lax.dynamic_update_index_in_dim(lse, chunk_lse, c, 0)
 
@@ -162,7 +222,7 @@ def _chunked_forward(static, hidden, weight, bias, targets, weights, active_chun
 def _chunked_logprobs(static, hidden, weight, bias, targets, weights, active_chunks):
     """hidden [chunks, batch, chunk, hidden] -> summed log-probs [batch], computing only the
     first `active_chunks` chunks (a traced count: a loop of dynamic length, so no shape changes).
-    static = (softcap, vocab_major).
+    static: a HeadOptions.
 
     A custom VJP because the backward pass needs neither the forward's logits nor autodiff of
     its log-softmax: it recomputes a chunk's logits once, and d_logits is
@@ -177,27 +237,23 @@ def _chunked_logprobs_fwd(static, hidden, weight, bias, targets, weights, active
 
 
 def _chunked_logprobs_bwd(static, residuals, g):
-    softcap, vocab_major = static
+    vocab_major = static.vocab_major
     hidden, weight, bias, targets, weights, active_chunks, lse = residuals
-    compute_weight = weight.astype(hidden.dtype)
+    # the matrix in the compute dtype; with the kernels, padded to whole vocab blocks, as are
+    # d_logits (0 in the padded columns), d_weight and d_bias until the loop ends
+    table = _head_table(static, weight, hidden.dtype)
     # d_hidden = d_logits @ weight^T and d_weight = hidden^T @ d_logits, in weight's layout
     d_hidden_spec, d_weight_spec = (("bkv,vd->bkd", "bkv,bkd->vd") if vocab_major
                                     else ("bkv,dv->bkd", "bkd,bkv->dv"))
 
     def body(c, carry):
         d_hidden, d_weight, d_bias = carry
-        logits = lm_logits(hidden[c], compute_weight, bias, softcap, vocab_major)
-        probs = jnp.exp(logits - lse[c][..., None])  # [batch, chunk, vocab] float32
-        coef = (g[:, None] * weights[c])[..., None]  # d total / d log-prob, per position
-        is_target = jnp.arange(logits.shape[-1]) == targets[c][..., None]
-        d_logits = coef * (is_target.astype(jnp.float32) - probs)
-        if softcap is not None:
-            d_logits = d_logits * (1 - jnp.square(logits / softcap))  # through tanh
+        coef = g[:, None] * weights[c]  # d total / d log-prob, per position
+        d_logits, chunk_d_bias = _chunk_d_logits(static, hidden[c], table, bias, targets[c],
+                                                 lse[c], coef)  # bf16 operand, f32 accumulation
         if d_bias is not None:
-            d_bias = d_bias + jnp.sum(d_logits, axis=(0, 1))
-        d_logits = d_logits.astype(hidden.dtype)  # bf16 operands, float32 accumulation
-        d_h = jnp.einsum(d_hidden_spec, d_logits, compute_weight,
-                         preferred_element_type=jnp.float32)
+            d_bias = d_bias + chunk_d_bias
+        d_h = jnp.einsum(d_hidden_spec, d_logits, table, preferred_element_type=jnp.float32)
         operands = (d_logits, hidden[c]) if vocab_major else (hidden[c], d_logits)
         d_weight = d_weight + jnp.einsum(d_weight_spec, *operands,
                                          preferred_element_type=jnp.float32)
@@ -206,11 +262,13 @@ def _chunked_logprobs_bwd(static, residuals, g):
         d_hidden = jax.lax.dynamic_update_index_in_dim(d_hidden, d_h.astype(hidden.dtype), c, 0)
         return d_hidden, d_weight, d_bias
 
-    init = (jnp.zeros_like(hidden), jnp.zeros(weight.shape, jnp.float32),
-            None if bias is None else jnp.zeros(bias.shape, jnp.float32))
+    padded_vocab = table.shape[0 if vocab_major else 1]
+    init = (jnp.zeros_like(hidden), jnp.zeros(table.shape, jnp.float32),
+            None if bias is None else jnp.zeros((padded_vocab,), jnp.float32))
     d_hidden, d_weight, d_bias = jax.lax.fori_loop(0, active_chunks, body, init)
+    d_weight = d_weight[:static.vocab] if vocab_major else d_weight[:, :static.vocab]
     return (d_hidden, d_weight.astype(weight.dtype),
-            None if bias is None else d_bias.astype(bias.dtype), None, None, None)
+            None if bias is None else d_bias[:static.vocab].astype(bias.dtype), None, None, None)
 
 
 _chunked_logprobs.defvjp(_chunked_logprobs_fwd, _chunked_logprobs_bwd)

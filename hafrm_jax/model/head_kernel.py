@@ -1,0 +1,261 @@
+"""The LM head's two float32 passes fused into its matmuls: Pallas kernels (Triton on NVIDIA GPUs).
+
+With XLA's kernels the log-prob chunk loops (`readout.sequence_logprobs`) write each chunk's
+float32 logits [rows, vocab] to memory twice a step and read them back: once in the forward
+pass for the log-normaliser, once in the backward pass for `d_logits`. On an H100 those two
+memory-bound passes are 3.7 ms of the 0.5B HaF step's 17 ms of LM head (bench/RESULTS.md,
+round 6). These kernels compute a tile of logits in registers and reduce it there:
+
+- `log_normalisers`: per row, logsumexp over the vocabulary. Each program computes one
+  [block_rows, block_vocab] tile and writes its max and sum of exponentials ([vocab blocks,
+  rows] floats, ~1/100 of the logits); XLA combines them. No logits are written.
+- `logit_gradients`: recomputes a tile and writes `coef * (onehot(target) - softmax)` in the
+  compute dtype, the operand the two gradient matmuls (XLA's) read. The float32 logits are
+  never written.
+
+Programs run vocab-block-major (the rows axis is the grid's fastest), so the programs running
+at once share a tile of the table and the chunk's rows stay in L2.
+
+`lax.platform_dependent` picks the implementation when the program is lowered: the Triton kernels
+for CUDA, Pallas' interpreter elsewhere (CPU tests run the very same kernel bodies; slowly,
+so the interpreter is for tests only). Triton needs power-of-two tiles: rows are padded to
+the row block (zeros, weight 0) and the table's vocabulary to the vocab block (padded columns
+masked to -inf, their gradient 0); the hidden size must be a multiple of 16 (every released
+model's is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadBlocks:
+    """Tile of one Triton program: rows x vocab logits, accumulated over `depth` hidden units a
+    step. Powers of two; `depth` shrinks to the largest power of two dividing the hidden size."""
+
+    rows: int = 128
+    vocab: int = 128
+    depth: int = 64
+
+    def __post_init__(self):
+        for name in ("rows", "vocab", "depth"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"LM-head kernel block {name}={value} must be a power of two "
+                                 f">= 16 (Triton's tiles)")
+
+    @property
+    def warps(self) -> int:
+        return 8 if self.rows * self.vocab >= 128 * 128 else 4
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def check_hidden_size(hidden: int) -> None:
+    """Triton's matmul tiles take at least 16 along the contracted (hidden) axis."""
+    if hidden % 16:
+        raise ValueError(f"lm_head_kernel='pallas' needs a hidden size that is a multiple of "
+                         f"16, got {hidden}; use lm_head_kernel='xla'")
+
+
+def _depth_block(hidden: int, blocks: HeadBlocks) -> int:
+    """The largest power of two <= blocks.depth dividing `hidden` (a multiple of 16)."""
+    depth = blocks.depth
+    while hidden % depth:
+        depth //= 2
+    return depth
+
+
+def pad_table(weight: jax.Array, vocab_major: bool, blocks: HeadBlocks) -> jax.Array:
+    """The LM-head table padded with zeros to whole vocab blocks: [vocab', hidden] if
+    vocab_major else [hidden, vocab']. A no-op where the vocab block divides the vocabulary
+    (Qwen2.5's 151,936 is 1,187 x 128)."""
+    vocab_axis = 0 if vocab_major else 1
+    pad = _round_up(weight.shape[vocab_axis], blocks.vocab) - weight.shape[vocab_axis]
+    if not pad:
+        return weight
+    return jnp.pad(weight, ((0, pad), (0, 0)) if vocab_major else ((0, 0), (0, pad)))
+
+
+def _pad_rows(x: jax.Array, rows: int) -> jax.Array:
+    pad = rows - x.shape[0]
+    return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
+
+
+def _logits_tile(hidden_ref, table_ref, bias_ref, *, vocab: int, vocab_major: bool,
+                 softcap: float | None, blocks: HeadBlocks, depth: int):
+    """This program's float32 logits [block_rows, block_vocab] (padded columns -inf) and their
+    column indices [block_vocab]."""
+    row0 = pl.program_id(0) * blocks.rows
+    col0 = pl.program_id(1) * blocks.vocab
+    hidden_size = hidden_ref.shape[1]
+
+    def accumulate(k, acc):
+        h = plgpu.load(hidden_ref.at[pl.ds(row0, blocks.rows), pl.ds(k * depth, depth)])
+        if vocab_major:
+            w = plgpu.load(table_ref.at[pl.ds(col0, blocks.vocab), pl.ds(k * depth, depth)])
+            return acc + plgpu.dot(h, w, trans_b=True)
+        w = plgpu.load(table_ref.at[pl.ds(k * depth, depth), pl.ds(col0, blocks.vocab)])
+        return acc + plgpu.dot(h, w)
+
+    logits = jax.lax.fori_loop(0, hidden_size // depth, accumulate,
+                               jnp.zeros((blocks.rows, blocks.vocab), jnp.float32))
+    cols = col0 + jnp.arange(blocks.vocab)
+    if bias_ref is not None:
+        logits = logits + plgpu.load(bias_ref.at[pl.ds(col0, blocks.vocab)]
+                                     ).astype(jnp.float32)[None, :]
+    if softcap is not None:
+        logits = jnp.tanh(logits / softcap) * softcap
+    if table_ref.shape[0 if vocab_major else 1] != vocab:  # padded columns take no mass
+        logits = jnp.where((cols < vocab)[None, :], logits, -jnp.inf)
+    return logits, cols
+
+
+def _normaliser_kernel(hidden_ref, table_ref, *refs, has_bias: bool, **tile):
+    bias_ref = refs[0] if has_bias else None
+    max_ref, sum_ref = refs[1:] if has_bias else refs
+    logits, _ = _logits_tile(hidden_ref, table_ref, bias_ref, **tile)
+    tile_max = jnp.max(logits, axis=1)  # [block_rows]; finite: every tile has a real column
+    max_ref[...] = tile_max
+    sum_ref[...] = jnp.sum(jnp.exp(logits - tile_max[:, None]), axis=1)
+
+
+def _gradient_kernel(hidden_ref, table_ref, *refs, has_bias: bool, softcap: float | None, **tile):
+    bias_ref = refs[0] if has_bias else None
+    targets_ref, lse_ref, coef_ref, d_logits_ref = refs[1:5] if has_bias else refs[:4]
+    logits, cols = _logits_tile(hidden_ref, table_ref, bias_ref, softcap=softcap, **tile)
+    probs = jnp.exp(logits - lse_ref[...][:, None])
+    is_target = (cols[None, :] == targets_ref[...][:, None]).astype(jnp.float32)
+    d_logits = coef_ref[...][:, None] * (is_target - probs)
+    if softcap is not None:  # through tanh; padded columns have d_logits 0 already
+        d_logits = d_logits * (1 - jnp.square(jnp.where(jnp.isfinite(logits), logits, 0)
+                                              / softcap))
+    d_logits_ref[...] = d_logits.astype(d_logits_ref.dtype)
+    if has_bias:
+        refs[5][...] = jnp.sum(d_logits, axis=0)  # this row block's d_bias [block_vocab]
+
+
+def _pallas(kernel, grid, in_specs, out_specs, out_shape, blocks: HeadBlocks, name: str):
+    """The kernel as Triton on CUDA and through Pallas' interpreter on any other platform."""
+    def build(interpret: bool):
+        return pl.pallas_call(
+            kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+            compiler_params=plgpu.CompilerParams(num_warps=blocks.warps, num_stages=3),
+            interpret=interpret, name=name)
+
+    return lambda *args: jax.lax.platform_dependent(*args, cuda=build(False),
+                                                    default=build(True))
+
+
+def _whole(shape: tuple[int, ...]) -> pl.BlockSpec:
+    """The whole array to every program (the kernel slices it itself)."""
+    return pl.BlockSpec(shape, lambda i, j: (0,) * len(shape))
+
+
+def _row_vector(blocks: HeadBlocks) -> pl.BlockSpec:
+    return pl.BlockSpec((blocks.rows,), lambda i, j: (i,))
+
+
+def _check_backend():
+    """Refuse what the kernels cannot do well: a TPU (no Triton; the interpreter would be
+    very slow) and a mesh of several devices (a pallas_call has no partitioning rule: XLA would
+    run the whole batch's head on every device)."""
+    if jax.default_backend() == "tpu":
+        raise ValueError("lm_head_kernel='pallas' is a Triton kernel for NVIDIA GPUs; use "
+                         "lm_head_kernel='xla' on TPUs")
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:
+        raise ValueError(f"lm_head_kernel='pallas' runs on one device (the mesh has {mesh.size}); "
+                         "use lm_head_kernel='xla' on several")
+
+
+def log_normalisers(rows: jax.Array, table: jax.Array, bias: jax.Array | None, *, vocab: int,
+                    vocab_major: bool, softcap: float | None, blocks: HeadBlocks) -> jax.Array:
+    """logsumexp over the vocabulary [n] of the logits of rows [n, hidden] under `table`
+    (`pad_table`'s output, in the compute dtype; `vocab` its unpadded size), float32."""
+    _check_backend()
+    check_hidden_size(rows.shape[1])
+    n = rows.shape[0]
+    padded_rows = _round_up(n, blocks.rows)
+    rows = _pad_rows(rows, padded_rows)
+    vocab_blocks = table.shape[0 if vocab_major else 1] // blocks.vocab
+    grid = (padded_rows // blocks.rows, vocab_blocks)  # rows fastest: programs share the tile
+    tile = dict(vocab=vocab, vocab_major=vocab_major, softcap=softcap, blocks=blocks,
+                depth=_depth_block(rows.shape[1], blocks))
+    operands = [rows, table] + ([bias_padded(bias, table, vocab_major)] if bias is not None
+                                else [])
+    partial = jax.ShapeDtypeStruct((vocab_blocks, padded_rows), jnp.float32)
+    per_tile = pl.BlockSpec((None, blocks.rows), lambda i, j: (j, i))
+    tile_max, tile_sum = _pallas(
+        functools.partial(_normaliser_kernel, has_bias=bias is not None, **tile), grid,
+        [_whole(x.shape) for x in operands], [per_tile, per_tile], [partial, partial], blocks,
+        "lm_head_log_normalisers")(*operands)  # [vocab blocks, rows] each
+    row_max = jnp.max(tile_max, axis=0)
+    lse = row_max + jnp.log(jnp.sum(tile_sum * jnp.exp(tile_max - row_max), axis=0))
+    return lse[:n]
+
+
+def bias_padded(bias: jax.Array, table: jax.Array, vocab_major: bool) -> jax.Array:
+    padded = table.shape[0 if vocab_major else 1]
+    return jnp.pad(bias, (0, padded - bias.shape[0])) if padded != bias.shape[0] else bias
+
+
+def logit_gradients(rows: jax.Array, table: jax.Array, bias: jax.Array | None,
+                    targets: jax.Array, lse: jax.Array, coef: jax.Array, *, vocab: int,
+                    vocab_major: bool, softcap: float | None, blocks: HeadBlocks
+                    ) -> tuple[jax.Array, jax.Array | None]:
+    """d_logits [n, vocab'] = coef * (onehot(targets) - softmax(logits)) (times the soft cap's
+    derivative) in rows' dtype, with vocab' the table's padded vocabulary (padded columns are 0),
+    and d_bias [vocab'] float32 (None without a bias).
+
+    rows [n, hidden]; targets [n] int; lse [n] and coef [n] float32 (from `log_normalisers`, and
+    d loss / d log-prob per row, 0 where a row is not scored)."""
+    _check_backend()
+    check_hidden_size(rows.shape[1])
+    n = rows.shape[0]
+    padded_rows = _round_up(n, blocks.rows)
+    rows = _pad_rows(rows, padded_rows)
+    targets, lse, coef = (_pad_rows(x, padded_rows) for x in (targets.astype(jnp.int32),
+                                                             lse, coef))
+    padded_vocab = table.shape[0 if vocab_major else 1]
+    row_blocks = padded_rows // blocks.rows
+    grid = (row_blocks, padded_vocab // blocks.vocab)
+    tile = dict(vocab=vocab, vocab_major=vocab_major, softcap=softcap, blocks=blocks,
+                depth=_depth_block(rows.shape[1], blocks))
+    operands = [rows, table] + ([bias_padded(bias, table, vocab_major)] if bias is not None
+                                else [])
+    in_specs = [_whole(x.shape) for x in operands] + [_row_vector(blocks)] * 3
+    out_specs = [pl.BlockSpec((blocks.rows, blocks.vocab), lambda i, j: (i, j))]
+    out_shape = [jax.ShapeDtypeStruct((padded_rows, padded_vocab), rows.dtype)]
+    if bias is not None:
+        out_specs.append(pl.BlockSpec((None, blocks.vocab), lambda i, j: (i, j)))
+        out_shape.append(jax.ShapeDtypeStruct((row_blocks, padded_vocab), jnp.float32))
+    outputs = _pallas(
+        functools.partial(_gradient_kernel, has_bias=bias is not None, **tile), grid, in_specs,
+        out_specs, out_shape, blocks, "lm_head_logit_gradients")(*operands, targets, lse, coef)
+    d_logits = outputs[0][:n]
+    d_bias = jnp.sum(outputs[1], axis=0) if bias is not None else None
+    return d_logits, d_bias
+
+
+def target_logits(rows: jax.Array, table: jax.Array, bias: jax.Array | None,
+                  targets: jax.Array, *, vocab_major: bool, softcap: float | None) -> jax.Array:
+    """The logit [n] of each row's target, float32: the target's table row gathered and dotted
+    with the row (products exact in float32, as in the kernels' matmuls)."""
+    columns = (jnp.take(table, targets, axis=0) if vocab_major
+               else jnp.take(table, targets, axis=1).T)  # [n, hidden]
+    logits = jnp.sum(rows.astype(jnp.float32) * columns.astype(jnp.float32), axis=-1)
+    if bias is not None:
+        logits = logits + jnp.take(bias, targets).astype(jnp.float32)
+    if softcap is not None:
+        logits = jnp.tanh(logits / softcap) * softcap
+    return logits
