@@ -119,7 +119,8 @@ class ModelConfig:
     attention_impl: AttentionImpl = "xla"  # "cudnn": fused flash attention on NVIDIA GPUs
     logprob_chunk: int = 128  # sequence positions per chunk of LM-head logits
     # "pallas": the log-prob chunks' logits reduced in Triton kernels, never written (NVIDIA
-    # GPUs, one device; model/head_kernel.py); lm_head_blocks: their tile, rows x vocab x depth
+    # GPUs; no tensor parallelism; model/head_kernel.py); lm_head_blocks: their tile, rows x
+    # vocab x depth
     lm_head_kernel: LmHeadKernel = "xla"
     lm_head_blocks: tuple[int, int, int] = (128, 128, 64)
     lora: LoraConfig | None = None  # adapters on the backbone (the base then stays frozen)

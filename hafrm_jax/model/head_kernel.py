@@ -8,7 +8,8 @@ round 6). These kernels compute a tile of logits in registers and reduce it ther
 
 - `log_normalisers`: per row, logsumexp over the vocabulary. Each program computes one
   [block_rows, block_vocab] tile and writes its max and sum of exponentials ([vocab blocks,
-  rows] floats, ~1/100 of the logits); XLA combines them. No logits are written.
+  rows] floats: 1/64 of the logits' bytes with 128-wide vocab blocks); XLA combines them. No
+  logits are written.
 - `logit_gradients`: recomputes a tile and writes `coef * (onehot(target) - softmax)` in the
   compute dtype, the operand the two gradient matmuls (XLA's) read. The float32 logits are
   never written.
@@ -21,7 +22,7 @@ for CUDA, Pallas' interpreter elsewhere (CPU tests run the very same kernel bodi
 so the interpreter is for tests only). Triton needs power-of-two tiles: rows are padded to
 the row block (zeros, weight 0) and the table's vocabulary to the vocab block (padded columns
 masked to -inf, their gradient 0); the hidden size must be a multiple of 16 (every released
-model's is).
+model's is). On a mesh, each device runs the kernels on its rows of the batch (`shard_map`).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+from jax.sharding import PartitionSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,16 +169,46 @@ def _row_vector(blocks: HeadBlocks) -> pl.BlockSpec:
 
 
 def _check_backend():
-    """Refuse what the kernels cannot do well: a TPU (no Triton; the interpreter would be
-    very slow) and a mesh of several devices (a pallas_call has no partitioning rule: XLA would
-    run the whole batch's head on every device)."""
+    """A TPU has no Triton, and the interpreter would be very slow there."""
     if jax.default_backend() == "tpu":
         raise ValueError("lm_head_kernel='pallas' is a Triton kernel for NVIDIA GPUs; use "
                          "lm_head_kernel='xla' on TPUs")
+
+
+def _on_row_shards(fn, row_args, shared_args, row_outputs: int, summed_outputs: int = 0):
+    """fn(*row_args, *shared_args) on each device's share of the rows, where the mesh splits the
+    batch (the rules' "act_batch" axes); shared_args whole on every device (a weight sharded
+    over fsdp is gathered, as XLA's matmul would). fn's first `row_outputs` results are split by
+    rows like the inputs, the next `summed_outputs` are summed over the devices.
+
+    A pallas_call has no partitioning rule: left to XLA on a mesh it would run every device on
+    the whole batch. The kernels' rows are independent, so data parallelism and FSDP map them
+    with shard_map; a mesh that splits anything else (tensor parallelism) is refused."""
     mesh = jax.sharding.get_abstract_mesh()
-    if not mesh.empty and mesh.size > 1:
-        raise ValueError(f"lm_head_kernel='pallas' runs on one device (the mesh has {mesh.size}); "
-                         "use lm_head_kernel='xla' on several")
+    if mesh.empty or mesh.size == 1:
+        return fn(*row_args, *shared_args)
+    axes = nn.logical_to_mesh_axes(("act_batch",))[0]
+    batch_axes = () if axes is None else tuple(axes) if isinstance(axes, (tuple, list)) \
+        else (axes,)
+    others = {name: size for name, size in mesh.shape.items()
+              if name not in batch_axes and size > 1}
+    if not batch_axes or others:
+        raise ValueError(
+            "lm_head_kernel='pallas' splits the batch over the mesh (data parallelism, FSDP) "
+            f"and nothing else; this mesh also splits {others or 'its axes'} with batch axes "
+            f"{batch_axes or 'none (no logical-axis rules in force)'}: use lm_head_kernel='xla'")
+    rows_spec = PartitionSpec(batch_axes)
+
+    def per_device(*args):
+        outputs = fn(*args)
+        return (*outputs[:row_outputs],
+                *(jax.lax.psum(x, batch_axes) for x in outputs[row_outputs:]))
+
+    return jax.shard_map(
+        per_device, mesh=mesh,
+        in_specs=(rows_spec,) * len(row_args) + (PartitionSpec(),) * len(shared_args),
+        out_specs=(rows_spec,) * row_outputs + (PartitionSpec(),) * summed_outputs,
+        check_vma=False)(*row_args, *shared_args)
 
 
 def log_normalisers(rows: jax.Array, table: jax.Array, bias: jax.Array | None, *, vocab: int,
@@ -184,24 +217,27 @@ def log_normalisers(rows: jax.Array, table: jax.Array, bias: jax.Array | None, *
     (`pad_table`'s output, in the compute dtype; `vocab` its unpadded size), float32."""
     _check_backend()
     check_hidden_size(rows.shape[1])
-    n = rows.shape[0]
-    padded_rows = _round_up(n, blocks.rows)
-    rows = _pad_rows(rows, padded_rows)
-    vocab_blocks = table.shape[0 if vocab_major else 1] // blocks.vocab
-    grid = (padded_rows // blocks.rows, vocab_blocks)  # rows fastest: programs share the tile
+    shared = [table] + ([bias_padded(bias, table, vocab_major)] if bias is not None else [])
     tile = dict(vocab=vocab, vocab_major=vocab_major, softcap=softcap, blocks=blocks,
                 depth=_depth_block(rows.shape[1], blocks))
-    operands = [rows, table] + ([bias_padded(bias, table, vocab_major)] if bias is not None
-                                else [])
-    partial = jax.ShapeDtypeStruct((vocab_blocks, padded_rows), jnp.float32)
-    per_tile = pl.BlockSpec((None, blocks.rows), lambda i, j: (j, i))
-    tile_max, tile_sum = _pallas(
-        functools.partial(_normaliser_kernel, has_bias=bias is not None, **tile), grid,
-        [_whole(x.shape) for x in operands], [per_tile, per_tile], [partial, partial], blocks,
-        "lm_head_log_normalisers")(*operands)  # [vocab blocks, rows] each
-    row_max = jnp.max(tile_max, axis=0)
-    lse = row_max + jnp.log(jnp.sum(tile_sum * jnp.exp(tile_max - row_max), axis=0))
-    return lse[:n]
+
+    def local(rows, *shared):
+        n = rows.shape[0]
+        padded_rows = _round_up(n, blocks.rows)
+        operands = [_pad_rows(rows, padded_rows), *shared]
+        vocab_blocks = table.shape[0 if vocab_major else 1] // blocks.vocab
+        grid = (padded_rows // blocks.rows, vocab_blocks)  # rows fastest: programs share a tile
+        partial = jax.ShapeDtypeStruct((vocab_blocks, padded_rows), jnp.float32)
+        per_tile = pl.BlockSpec((None, blocks.rows), lambda i, j: (j, i))
+        tile_max, tile_sum = _pallas(
+            functools.partial(_normaliser_kernel, has_bias=bias is not None, **tile), grid,
+            [_whole(x.shape) for x in operands], [per_tile, per_tile], [partial, partial],
+            blocks, "lm_head_log_normalisers")(*operands)  # [vocab blocks, rows] each
+        row_max = jnp.max(tile_max, axis=0)
+        lse = row_max + jnp.log(jnp.sum(tile_sum * jnp.exp(tile_max - row_max), axis=0))
+        return (lse[:n],)
+
+    return _on_row_shards(local, (rows,), shared, row_outputs=1)[0]
 
 
 def bias_padded(bias: jax.Array, table: jax.Array, vocab_major: bool) -> jax.Array:
@@ -221,30 +257,33 @@ def logit_gradients(rows: jax.Array, table: jax.Array, bias: jax.Array | None,
     d loss / d log-prob per row, 0 where a row is not scored)."""
     _check_backend()
     check_hidden_size(rows.shape[1])
-    n = rows.shape[0]
-    padded_rows = _round_up(n, blocks.rows)
-    rows = _pad_rows(rows, padded_rows)
-    targets, lse, coef = (_pad_rows(x, padded_rows) for x in (targets.astype(jnp.int32),
-                                                             lse, coef))
-    padded_vocab = table.shape[0 if vocab_major else 1]
-    row_blocks = padded_rows // blocks.rows
-    grid = (row_blocks, padded_vocab // blocks.vocab)
+    shared = [table] + ([bias_padded(bias, table, vocab_major)] if bias is not None else [])
     tile = dict(vocab=vocab, vocab_major=vocab_major, softcap=softcap, blocks=blocks,
                 depth=_depth_block(rows.shape[1], blocks))
-    operands = [rows, table] + ([bias_padded(bias, table, vocab_major)] if bias is not None
-                                else [])
-    in_specs = [_whole(x.shape) for x in operands] + [_row_vector(blocks)] * 3
-    out_specs = [pl.BlockSpec((blocks.rows, blocks.vocab), lambda i, j: (i, j))]
-    out_shape = [jax.ShapeDtypeStruct((padded_rows, padded_vocab), rows.dtype)]
-    if bias is not None:
-        out_specs.append(pl.BlockSpec((None, blocks.vocab), lambda i, j: (i, j)))
-        out_shape.append(jax.ShapeDtypeStruct((row_blocks, padded_vocab), jnp.float32))
-    outputs = _pallas(
-        functools.partial(_gradient_kernel, has_bias=bias is not None, **tile), grid, in_specs,
-        out_specs, out_shape, blocks, "lm_head_logit_gradients")(*operands, targets, lse, coef)
-    d_logits = outputs[0][:n]
-    d_bias = jnp.sum(outputs[1], axis=0) if bias is not None else None
-    return d_logits, d_bias
+    padded_vocab = table.shape[0 if vocab_major else 1]
+
+    def local(rows, targets, lse, coef, *shared):
+        n = rows.shape[0]
+        padded_rows = _round_up(n, blocks.rows)
+        row_blocks = padded_rows // blocks.rows
+        operands = [_pad_rows(rows, padded_rows), *shared]
+        per_row = [_pad_rows(x, padded_rows) for x in (targets, lse, coef)]
+        in_specs = [_whole(x.shape) for x in operands] + [_row_vector(blocks)] * 3
+        out_specs = [pl.BlockSpec((blocks.rows, blocks.vocab), lambda i, j: (i, j))]
+        out_shape = [jax.ShapeDtypeStruct((padded_rows, padded_vocab), rows.dtype)]
+        if bias is not None:
+            out_specs.append(pl.BlockSpec((None, blocks.vocab), lambda i, j: (i, j)))
+            out_shape.append(jax.ShapeDtypeStruct((row_blocks, padded_vocab), jnp.float32))
+        outputs = _pallas(
+            functools.partial(_gradient_kernel, has_bias=bias is not None, **tile),
+            (row_blocks, padded_vocab // blocks.vocab), in_specs, out_specs, out_shape, blocks,
+            "lm_head_logit_gradients")(*operands, *per_row)
+        d_logits = outputs[0][:n]
+        return (d_logits,) if bias is None else (d_logits, jnp.sum(outputs[1], axis=0))
+
+    outputs = _on_row_shards(local, (rows, targets.astype(jnp.int32), lse, coef), shared,
+                             row_outputs=1, summed_outputs=0 if bias is None else 1)
+    return outputs[0], (outputs[1] if bias is not None else None)
 
 
 def target_logits(rows: jax.Array, table: jax.Array, bias: jax.Array | None,

@@ -5,6 +5,7 @@ against XLA's kernels."""
 import dataclasses
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,7 @@ from hafrm_jax.model.config import from_dict, preset, to_dict
 from hafrm_jax.model.head_kernel import (HeadBlocks, log_normalisers, logit_gradients,
                                          pad_table, target_logits)
 from hafrm_jax.model.readout import sequence_logprobs
+from hafrm_jax.sharding import DEFAULT_RULES, MESH_AXES
 
 SMALL = HeadBlocks(rows=32, vocab=128, depth=32)
 
@@ -132,12 +134,19 @@ def test_tiles_must_be_powers_of_two():
     assert saved == cfg and hash(saved) == hash(cfg)
 
 
-def test_refused_on_a_mesh_of_several_devices():
-    """A pallas_call has no partitioning rule: on a mesh XLA would run the whole batch's head on
-    every device, so it is refused with the option to use instead."""
+@pytest.mark.parametrize("shape,rules,refused", [
+    ((1, 1, 2), DEFAULT_RULES, "'tensor': 2"),  # tensor parallelism splits the vocabulary
+    ((2, 1, 1), (), "no logical-axis rules"),  # no rules: which axes split the batch is unknown
+])
+def test_refused_on_a_mesh_it_cannot_split_by_rows(shape, rules, refused):
+    """A pallas_call has no partitioning rule: the kernels run per device on its rows of the
+    batch (tests/sharding checks the result on meshes of 8 CPU devices), and any other split of
+    the mesh is refused with the option to use instead. (Several-device runs are tested in
+    tests/sharding: the device count is fixed when JAX starts.)"""
     x = _logprob_inputs(vocab_major=True)
-    mesh = jax.sharding.AbstractMesh((2,), ("data",))
-    with jax.sharding.use_abstract_mesh(mesh), pytest.raises(ValueError, match="one device"):
+    mesh = jax.sharding.AbstractMesh(shape, MESH_AXES)
+    with jax.sharding.use_abstract_mesh(mesh), nn.logical_axis_rules(rules), \
+            pytest.raises(ValueError, match=refused):
         jax.eval_shape(lambda h: sequence_logprobs(h, x["weight"], x["ids"], x["response"], 8,
                                                    vocab_major=True, kernel_blocks=SMALL),
                        x["hidden"])
