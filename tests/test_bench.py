@@ -435,7 +435,7 @@ def test_lm_head_variants_compute_the_same_log_probs_and_gradients():
     from bench.lm_head_compile import VARIANTS
 
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    sequences, seq, hidden_size, vocab = 4, 16, 8, 32
+    sequences, seq, hidden_size, vocab = 4, 16, 16, 32  # the kernels take multiples of 16
     hidden = jax.random.normal(keys[0], (sequences, seq, hidden_size))
     weight = jax.random.normal(keys[1], (vocab, hidden_size)) * 0.3
     ids = jax.random.randint(keys[2], (sequences, seq), 0, vocab)
