@@ -124,12 +124,17 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
     return NamedSharding(mesh, nn.logical_to_mesh_axes(("act_batch",), rules))
 
 
-def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
+def batch_mesh_axes(rules: Rules | None = None) -> tuple[str, ...]:
+    """The mesh axes that split the batch ("act_batch") under `rules`; None: the rules in force
+    (`nn.logical_axis_rules`, as `traced_under_rules` sets them while tracing)."""
     axes = nn.logical_to_mesh_axes(("act_batch",), rules)[0]
     if axes is None:
-        return 1
-    names = axes if isinstance(axes, tuple) else (axes,)
-    return int(np.prod([mesh.shape[n] for n in names]))
+        return ()
+    return tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
+
+
+def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
+    return int(np.prod([mesh.shape[n] for n in batch_mesh_axes(rules)]))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -30,12 +30,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 from jax.sharding import PartitionSpec
+
+from hafrm_jax.sharding import batch_mesh_axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +79,18 @@ def _depth_block(hidden: int, blocks: HeadBlocks) -> int:
     return depth
 
 
+def table_vocab(table, vocab_major: bool) -> int:
+    """The vocabulary size of an LM-head matrix: [vocab, hidden] if vocab_major (a tied
+    embedding) else [hidden, vocab]."""
+    return table.shape[0 if vocab_major else 1]
+
+
 def pad_table(weight: jax.Array, vocab_major: bool, blocks: HeadBlocks) -> jax.Array:
     """The LM-head table padded with zeros to whole vocab blocks: [vocab', hidden] if
     vocab_major else [hidden, vocab']. A no-op where the vocab block divides the vocabulary
     (Qwen2.5's 151,936 is 1,187 x 128)."""
-    vocab_axis = 0 if vocab_major else 1
-    pad = _round_up(weight.shape[vocab_axis], blocks.vocab) - weight.shape[vocab_axis]
+    vocab = table_vocab(weight, vocab_major)
+    pad = _round_up(vocab, blocks.vocab) - vocab
     if not pad:
         return weight
     return jnp.pad(weight, ((0, pad), (0, 0)) if vocab_major else ((0, 0), (0, pad)))
@@ -118,7 +125,7 @@ def _logits_tile(hidden_ref, table_ref, bias_ref, *, vocab: int, vocab_major: bo
                                      ).astype(jnp.float32)[None, :]
     if softcap is not None:
         logits = jnp.tanh(logits / softcap) * softcap
-    if table_ref.shape[0 if vocab_major else 1] != vocab:  # padded columns take no mass
+    if table_vocab(table_ref, vocab_major) != vocab:  # padded columns take no mass
         logits = jnp.where((cols < vocab)[None, :], logits, -jnp.inf)
     return logits, cols
 
@@ -187,9 +194,7 @@ def _on_row_shards(fn, row_args, shared_args, row_outputs: int, summed_outputs: 
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return fn(*row_args, *shared_args)
-    axes = nn.logical_to_mesh_axes(("act_batch",))[0]
-    batch_axes = () if axes is None else tuple(axes) if isinstance(axes, (tuple, list)) \
-        else (axes,)
+    batch_axes = batch_mesh_axes()
     others = {name: size for name, size in mesh.shape.items()
               if name not in batch_axes and size > 1}
     if not batch_axes or others:
@@ -211,21 +216,33 @@ def _on_row_shards(fn, row_args, shared_args, row_outputs: int, summed_outputs: 
         check_vma=False)(*row_args, *shared_args)
 
 
+def _kernel_inputs(rows, table, bias, *, vocab, vocab_major, softcap, blocks):
+    """What both kernels take besides the rows: the operands every device holds whole (the
+    table, the bias padded like it) and the tile's static options; refuses what they cannot
+    run."""
+    _check_backend()
+    check_hidden_size(rows.shape[1])
+    shared = [table]
+    if bias is not None:
+        padding = table_vocab(table, vocab_major) - bias.shape[0]
+        shared.append(jnp.pad(bias, (0, padding)) if padding else bias)
+    tile = dict(vocab=vocab, vocab_major=vocab_major, softcap=softcap, blocks=blocks,
+                depth=_depth_block(rows.shape[1], blocks))
+    return shared, tile
+
+
 def log_normalisers(rows: jax.Array, table: jax.Array, bias: jax.Array | None, *, vocab: int,
                     vocab_major: bool, softcap: float | None, blocks: HeadBlocks) -> jax.Array:
     """logsumexp over the vocabulary [n] of the logits of rows [n, hidden] under `table`
     (`pad_table`'s output, in the compute dtype; `vocab` its unpadded size), float32."""
-    _check_backend()
-    check_hidden_size(rows.shape[1])
-    shared = [table] + ([bias_padded(bias, table, vocab_major)] if bias is not None else [])
-    tile = dict(vocab=vocab, vocab_major=vocab_major, softcap=softcap, blocks=blocks,
-                depth=_depth_block(rows.shape[1], blocks))
+    shared, tile = _kernel_inputs(rows, table, bias, vocab=vocab, vocab_major=vocab_major,
+                                  softcap=softcap, blocks=blocks)
 
     def local(rows, *shared):
         n = rows.shape[0]
         padded_rows = _round_up(n, blocks.rows)
         operands = [_pad_rows(rows, padded_rows), *shared]
-        vocab_blocks = table.shape[0 if vocab_major else 1] // blocks.vocab
+        vocab_blocks = table_vocab(table, vocab_major) // blocks.vocab
         grid = (padded_rows // blocks.rows, vocab_blocks)  # rows fastest: programs share a tile
         partial = jax.ShapeDtypeStruct((vocab_blocks, padded_rows), jnp.float32)
         per_tile = pl.BlockSpec((None, blocks.rows), lambda i, j: (j, i))
@@ -240,11 +257,6 @@ def log_normalisers(rows: jax.Array, table: jax.Array, bias: jax.Array | None, *
     return _on_row_shards(local, (rows,), shared, row_outputs=1)[0]
 
 
-def bias_padded(bias: jax.Array, table: jax.Array, vocab_major: bool) -> jax.Array:
-    padded = table.shape[0 if vocab_major else 1]
-    return jnp.pad(bias, (0, padded - bias.shape[0])) if padded != bias.shape[0] else bias
-
-
 def logit_gradients(rows: jax.Array, table: jax.Array, bias: jax.Array | None,
                     targets: jax.Array, lse: jax.Array, coef: jax.Array, *, vocab: int,
                     vocab_major: bool, softcap: float | None, blocks: HeadBlocks
@@ -255,12 +267,9 @@ def logit_gradients(rows: jax.Array, table: jax.Array, bias: jax.Array | None,
 
     rows [n, hidden]; targets [n] int; lse [n] and coef [n] float32 (from `log_normalisers`, and
     d loss / d log-prob per row, 0 where a row is not scored)."""
-    _check_backend()
-    check_hidden_size(rows.shape[1])
-    shared = [table] + ([bias_padded(bias, table, vocab_major)] if bias is not None else [])
-    tile = dict(vocab=vocab, vocab_major=vocab_major, softcap=softcap, blocks=blocks,
-                depth=_depth_block(rows.shape[1], blocks))
-    padded_vocab = table.shape[0 if vocab_major else 1]
+    shared, tile = _kernel_inputs(rows, table, bias, vocab=vocab, vocab_major=vocab_major,
+                                  softcap=softcap, blocks=blocks)
+    padded_vocab = table_vocab(table, vocab_major)
 
     def local(rows, targets, lse, coef, *shared):
         n = rows.shape[0]

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from hafrm_jax.model.head_kernel import (HeadBlocks, log_normalisers, logit_gradients,
-                                         pad_table, target_logits)
+                                         pad_table, table_vocab, target_logits)
 from hafrm_jax.model.matmul import einsum_f32
 
 
@@ -119,8 +119,7 @@ def sequence_logprobs(
 
     scored = jnp.max(jnp.sum(weights != 0, axis=-1))
     active_chunks = (scored + chunk_size - 1) // chunk_size  # chunks holding a scored position
-    static = HeadOptions(softcap, vocab_major, lm_weight.shape[0 if vocab_major else 1],
-                         kernel_blocks)
+    static = HeadOptions(softcap, vocab_major, table_vocab(lm_weight, vocab_major), kernel_blocks)
     return _chunked_logprobs(static, to_chunks(hidden), lm_weight, lm_bias,
                              to_chunks(targets), to_chunks(weights), active_chunks)
 
@@ -262,7 +261,7 @@ def _chunked_logprobs_bwd(static, residuals, g):
         d_hidden = jax.lax.dynamic_update_index_in_dim(d_hidden, d_h.astype(hidden.dtype), c, 0)
         return d_hidden, d_weight, d_bias
 
-    padded_vocab = table.shape[0 if vocab_major else 1]
+    padded_vocab = table_vocab(table, vocab_major)
     init = (jnp.zeros_like(hidden), jnp.zeros(table.shape, jnp.float32),
             None if bias is None else jnp.zeros((padded_vocab,), jnp.float32))
     d_hidden, d_weight, d_bias = jax.lax.fori_loop(0, active_chunks, body, init)
