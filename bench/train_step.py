@@ -67,6 +67,7 @@ from bench.trace_summary import (find_trace, format_summary, load_events, summar
 from hafrm_jax.distributed import claim_gpu_memory  # noqa: E402
 from hafrm_jax.model.config import (ATTENTION_IMPLS, LM_HEAD_KERNELS, PRESETS,  # noqa: E402
                                     REMAT_POLICIES, ModelConfig)
+from hafrm_jax.model.head_kernel import HeadBlocks  # noqa: E402
 from hafrm_jax.objective import LossConfig, ObjectiveConfig  # noqa: E402
 from hafrm_jax.sharding import (DEFAULT_RULES, batch_sharding, make_mesh,  # noqa: E402
                                 traced_under_rules)
@@ -246,11 +247,12 @@ XLA_FLAG_SETS = {
 # Per-case execution options of our step: `+remat=none+chunk=512` after a case overrides the
 # command line's --remat / --chunk / --attention / --unroll for that case alone; `+xla=name` runs
 # it under one of XLA_FLAG_SETS; `+head=pallas` uses the LM-head kernels, `+tile=64x128x64` with
-# another tile (rows x vocab x depth). None: an integer; TILE: three integers joined by "x".
+# another tile (rows x vocab x depth), `+warps=4+stages=4` with other Triton launch options
+# (HeadBlocks). None: an integer; TILE: three integers joined by "x".
 TILE = "RxVxD"
 CASE_OPTIONS = {"remat": REMAT_POLICIES, "chunk": None, "attention": ATTENTION_IMPLS,
                 "unroll": None, "xla": tuple(XLA_FLAG_SETS), "head": LM_HEAD_KERNELS,
-                "tile": TILE}
+                "tile": TILE, "warps": None, "stages": None}
 
 
 def _valid_option(allowed, value: str) -> bool:
@@ -334,16 +336,19 @@ def case_model_config(case: Case, args) -> ModelConfig:
     execution options (--dtype, --remat, --chunk, --attention, --unroll), then the case's."""
     default = PRESETS[case.shape]
     options = {"remat": args.remat, "chunk": str(args.chunk), "attention": args.attention,
-               "unroll": str(args.unroll), "head": default.lm_head_kernel,
-               "tile": "x".join(map(str, default.lm_head_blocks)), **dict(case.options)}
+               "unroll": str(args.unroll), "head": default.lm_head_kernel, **dict(case.options)}
     try:
+        blocks = HeadBlocks(*default.lm_head_blocks)
+        warps = int(options["warps"]) if "warps" in options else blocks.warps
+        blocks = HeadBlocks.from_tile(options.get("tile", blocks.tile), warps,
+                                      int(options.get("stages", blocks.stages)))
         return dataclasses.replace(default, dtype=args.dtype, remat=options["remat"],
                                    attention_impl=options["attention"],
                                    logprob_chunk=int(options["chunk"]),
                                    scan_unroll=int(options["unroll"]),
                                    lm_head_kernel=options["head"],
-                                   lm_head_blocks=tuple(map(int, options["tile"].split("x"))))
-    except ValueError as e:  # a tile Triton cannot take
+                                   lm_head_blocks=dataclasses.astuple(blocks))
+    except ValueError as e:  # a tile or launch option Triton cannot take
         raise SystemExit(f"bad case {case.spec()!r}: {e}") from None
 
 
@@ -352,6 +357,7 @@ def _run_one(args, case: Case, peak: float) -> dict:
     if case.stack == "torch":
         return run_torch(case.shape, case.method, args.pairs, case.seq, args.steps, case.compile)
     cfg = case_model_config(case, args)
+    blocks = HeadBlocks(*cfg.lm_head_blocks)
     profile_dir = None
     if args.profile:
         profile_dir = os.path.join(os.path.abspath(args.profile),
@@ -359,8 +365,8 @@ def _run_one(args, case: Case, peak: float) -> dict:
                                            for c in case.spec()))
     row = run_case(cfg, case.method, args.pairs, case.seq, args.steps, peak, profile_dir)
     row.update(attention=cfg.attention_impl, remat=cfg.remat, chunk=cfg.logprob_chunk,
-               unroll=cfg.scan_unroll, head=cfg.lm_head_kernel,
-               tile="x".join(map(str, cfg.lm_head_blocks)),
+               unroll=cfg.scan_unroll, head=cfg.lm_head_kernel, tile=blocks.tile,
+               warps=blocks.num_warps, stages=blocks.stages,
                xla_flags=os.environ.get("XLA_FLAGS", ""))
     return row
 

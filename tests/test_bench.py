@@ -1,6 +1,7 @@
 """The benchmark's FLOP formula and its CPU smoke mode (the only part CI runs)."""
 
 import dataclasses
+import json
 import pathlib
 import subprocess
 import sys
@@ -276,8 +277,15 @@ def test_case_options_set_the_lm_head_kernels():
                               args)
     assert tuned.lm_head_kernel_blocks == HeadBlocks(64, 256, 32)
     assert case_model_config(Case.parse("qwen2.5-0.5b:haf:1024"), args).lm_head_kernel == "xla"
+    launched = case_model_config(
+        Case.parse("qwen2.5-0.5b:haf:1024+head=pallas+warps=4+stages=5"), args)
+    assert launched.lm_head_kernel_blocks == HeadBlocks(warps=4, stages=5)  # default tile
     with pytest.raises(SystemExit, match="power of two"):
         case_model_config(Case.parse("qwen2.5-0.5b:haf:1024+head=pallas+tile=96x128x64"), args)
+    with pytest.raises(SystemExit, match="warps=3"):
+        case_model_config(Case.parse("qwen2.5-0.5b:haf:1024+head=pallas+warps=3"), args)
+    with pytest.raises(SystemExit, match="bad option"):
+        Case.parse("qwen2.5-0.5b:haf:1024+head=pallas+stages=many")
 
 
 # The LM-head kernel as compiled for an H100: a Triton custom call of rows by the tied table.
@@ -426,13 +434,13 @@ def test_sharded_step_counts_the_bytes_of_each_collective():
 
 
 def test_lm_head_variants_compute_the_same_log_probs_and_gradients():
-    """bench/lm_head_compile.py's stored-logits variant (the library's chunked log-prob sum with
+    """The head benchmarks' stored-logits variant (the library's chunked log-prob sum with
     nothing recomputed) and its kernels variant: same value and gradients (float32, CPU)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from bench.lm_head_compile import VARIANTS
+    from bench.lm_head_variants import VARIANTS
 
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     sequences, seq, hidden_size, vocab = 4, 16, 16, 32  # the kernels take multiples of 16
@@ -448,3 +456,44 @@ def test_lm_head_variants_compute_the_same_log_probs_and_gradients():
         np.testing.assert_allclose(value_a, value_b, rtol=1e-5)
         np.testing.assert_allclose(dh_a, dh_b, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(dw_a, dw_b, rtol=1e-4, atol=1e-5)
+
+
+def test_lm_head_sweep_times_each_configuration_once_and_checks_it(tmp_path, capsys):
+    """bench/lm_head_sweep.py --smoke (CPU: the kernels through Pallas' interpreter): a row per
+    distinct configuration, every one agreeing with XLA's chunks, JSON lines and a table."""
+    from bench.lm_head_sweep import main
+
+    out = tmp_path / "head.jsonl"
+    rows = main(["--smoke", "--variants=chunked,kernels,stored", f"--json={out}"])
+    # the smoke's tiles 16x16x16 and 32x32x16 with warps auto (4 for these tiles) and 4: two
+    assert [(r["variant"], r["tile"], r["warps"]) for r in rows] == [
+        ("chunked", "", ""), ("kernels", "16x16x16", 4), ("kernels", "32x32x16", 4),
+        ("stored", "", "")]
+    assert rows[0]["rel_err"] is None
+    assert all(r["rel_err"] < 5e-3 and r["ms"] > 0 and r["tflops"] > 0 for r in rows[1:])
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+    assert "| kernels | 32x32x16 | 4 | 3 |" in capsys.readouterr().out
+    fastest = min(rows[1:3], key=lambda r: r["ms"])
+    assert main([f"--print-best={out}"]) == []
+    assert capsys.readouterr().out == (f"+head=pallas+tile={fastest['tile']}+warps=4+stages=3\n")
+
+
+def test_lm_head_sweep_reports_a_failed_configuration_and_goes_on(monkeypatch, capsys):
+    import bench.lm_head_sweep as sweep
+
+    def refused(*args, kernel_blocks=None, **kwargs):
+        if kernel_blocks.tile == "16x16x16":
+            raise RuntimeError("Triton: out of shared memory\nmore detail")
+        return sweep.VARIANTS["chunked"](*args, **kwargs)
+
+    monkeypatch.setitem(sweep.VARIANTS, "kernels", refused)
+    rows = sweep.main(["--smoke", "--warps=auto"])
+    assert rows[1]["error"] == "RuntimeError: Triton: out of shared memory"
+    assert rows[2]["tile"] == "32x32x16" and rows[2]["rel_err"] == 0
+    assert "| kernels | 16x16x16 | 4 | 3 | error: RuntimeError" in capsys.readouterr().out
+    assert sweep.best_kernel_options(rows) == "+head=pallas+tile=32x32x16+warps=4+stages=3"
+    assert sweep.best_kernel_options(rows[:2]) == ""  # no kernels row ran
+    with pytest.raises(ValueError, match="unknown variant"):
+        sweep.sweep_configs(["fused"], ["128x128x64"], ["auto"], [3])
+    with pytest.raises(ValueError, match="rows x vocab x depth"):
+        sweep.sweep_configs(["kernels"], ["128x128"], ["auto"], [3])

@@ -119,10 +119,10 @@ class ModelConfig:
     attention_impl: AttentionImpl = "xla"  # "cudnn": fused flash attention on NVIDIA GPUs
     logprob_chunk: int = 128  # sequence positions per chunk of LM-head logits
     # "pallas": the log-prob chunks' logits reduced in Triton kernels, never written (NVIDIA
-    # GPUs; no tensor parallelism; model/head_kernel.py); lm_head_blocks: their tile, rows x
-    # vocab x depth
+    # GPUs; no tensor parallelism; model/head_kernel.py); lm_head_blocks: their HeadBlocks'
+    # fields in order, rows x vocab x depth tile[, warps, stages]
     lm_head_kernel: LmHeadKernel = "xla"
-    lm_head_blocks: tuple[int, int, int] = (128, 128, 64)
+    lm_head_blocks: tuple[int | None, ...] = (128, 128, 64)
     lora: LoraConfig | None = None  # adapters on the backbone (the base then stays frozen)
 
     def __post_init__(self):
@@ -152,6 +152,9 @@ class ModelConfig:
         if self.lm_head_kernel not in LM_HEAD_KERNELS:
             raise ValueError(f"unknown lm_head_kernel {self.lm_head_kernel!r}; expected one of "
                              f"{LM_HEAD_KERNELS}")
+        if not 3 <= len(self.lm_head_blocks) <= 5:
+            raise ValueError(f"lm_head_blocks={self.lm_head_blocks} must be rows, vocab, depth"
+                             "[, warps, stages]")
         HeadBlocks(*self.lm_head_blocks)  # raises on a tile Triton cannot take
         if self.lm_head_kernel == "pallas":
             check_hidden_size(self.hidden_size)

@@ -41,12 +41,16 @@ from hafrm_jax.sharding import batch_mesh_axes
 
 @dataclasses.dataclass(frozen=True)
 class HeadBlocks:
-    """Tile of one Triton program: rows x vocab logits, accumulated over `depth` hidden units a
-    step. Powers of two; `depth` shrinks to the largest power of two dividing the hidden size."""
+    """One Triton program's work and launch options: a tile of rows x vocab logits, accumulated
+    over `depth` hidden units a step (powers of two >= 16; `depth` shrinks to the largest power
+    of two dividing the hidden size), run by `warps` warps (None: 8 for tiles of 128 x 128 or
+    more, else 4) with `stages` software-pipelining stages of the depth loop."""
 
     rows: int = 128
     vocab: int = 128
     depth: int = 64
+    warps: int | None = None
+    stages: int = 3
 
     def __post_init__(self):
         for name in ("rows", "vocab", "depth"):
@@ -54,9 +58,29 @@ class HeadBlocks:
             if value < 16 or value & (value - 1):
                 raise ValueError(f"LM-head kernel block {name}={value} must be a power of two "
                                  f">= 16 (Triton's tiles)")
+        if self.warps is not None and self.warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"LM-head kernel warps={self.warps} must be 1, 2, 4, 8 or 16")
+        if self.stages < 1:
+            raise ValueError(f"LM-head kernel stages={self.stages} must be >= 1")
+
+    @classmethod
+    def from_tile(cls, tile: str, warps: int | None = None, stages: int = 3) -> "HeadBlocks":
+        """From a tile written rows x vocab x depth, e.g. "128x128x64"."""
+        parts = tile.split("x")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"LM-head kernel tile {tile!r} must be rows x vocab x depth, "
+                             "e.g. 128x128x64")
+        return cls(*map(int, parts), warps=warps, stages=stages)
 
     @property
-    def warps(self) -> int:
+    def tile(self) -> str:
+        """rows x vocab x depth, as `from_tile` reads it."""
+        return f"{self.rows}x{self.vocab}x{self.depth}"
+
+    @property
+    def num_warps(self) -> int:
+        if self.warps is not None:
+            return self.warps
         return 8 if self.rows * self.vocab >= 128 * 128 else 4
 
 
@@ -159,7 +183,8 @@ def _pallas(kernel, grid, in_specs, out_specs, out_shape, blocks: HeadBlocks, na
     def build(interpret: bool):
         return pl.pallas_call(
             kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-            compiler_params=plgpu.CompilerParams(num_warps=blocks.warps, num_stages=3),
+            compiler_params=plgpu.CompilerParams(num_warps=blocks.num_warps,
+                                                  num_stages=blocks.stages),
             interpret=interpret, name=name)
 
     return lambda *args: jax.lax.platform_dependent(*args, cuda=build(False),

@@ -120,6 +120,17 @@ def test_bf16_kernels_stay_within_rounding_of_float32():
 def test_tiles_must_be_powers_of_two():
     with pytest.raises(ValueError, match="power of two"):
         HeadBlocks(rows=96)
+    with pytest.raises(ValueError, match="warps=3"):
+        HeadBlocks(warps=3)
+    with pytest.raises(ValueError, match="stages=0"):
+        HeadBlocks(stages=0)
+    with pytest.raises(ValueError, match="rows x vocab x depth"):
+        HeadBlocks.from_tile("128x128")
+    assert HeadBlocks.from_tile("64x256x32", warps=4, stages=2) == HeadBlocks(64, 256, 32, 4, 2)
+    assert HeadBlocks(64, 256, 32).tile == "64x256x32"
+    assert (HeadBlocks().num_warps, HeadBlocks(64, 128, 64).num_warps) == (8, 4)
+    with pytest.raises(ValueError, match="rows, vocab, depth"):
+        preset("tiny", lm_head_kernel="pallas", lm_head_blocks=(128, 128))
     with pytest.raises(ValueError, match="power of two"):
         preset("tiny", lm_head_kernel="pallas", lm_head_blocks=(128, 8, 64))
     with pytest.raises(ValueError, match="lm_head_kernel"):
@@ -132,6 +143,9 @@ def test_tiles_must_be_powers_of_two():
     # as a workdir's model_config.json stores it, and reads it back (hashable: a static arg)
     saved = from_dict(json.loads(json.dumps(to_dict(cfg))))
     assert saved == cfg and hash(saved) == hash(cfg)
+    launched = dataclasses.replace(cfg, lm_head_blocks=(64, 256, 32, None, 4))  # warps: the rule
+    assert launched.lm_head_kernel_blocks == HeadBlocks(64, 256, 32, stages=4)
+    assert from_dict(json.loads(json.dumps(to_dict(launched)))) == launched
 
 
 @pytest.mark.parametrize("shape,rules,refused", [
