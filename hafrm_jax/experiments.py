@@ -15,7 +15,7 @@ import numpy as np
 from hafrm_jax.sharding import device_description
 from hafrm_jax.train.loop import train_and_evaluate
 from hafrm_jax.train.plots import new_figure
-from hafrm_jax.train.run_files import flat_config
+from hafrm_jax.train.run_files import flat_config, read_json
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,7 @@ def _check_same_experiment(workdir: str, config: ml_collections.ConfigDict) -> N
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        old = flat_config(json.load(f))
+    old = flat_config(read_json(path))
     new = flat_config(json.loads(config.to_json()))
     changed = sorted(k for k in set(old) & set(new) if k.startswith(RESULT_KEYS)
                      and not isinstance(new[k], dict) and old[k] != new[k])
@@ -96,8 +95,7 @@ def run_grid(config: ml_collections.ConfigDict, variants: list[Variant], seeds: 
                     train_and_evaluate(run_config, workdir)
                 else:
                     _check_same_experiment(workdir, run_config)
-                with open(results_path, encoding="utf-8") as f:
-                    result = json.load(f)
+                result = read_json(results_path)
                 runs.append({
                     "variant": variant.label(config.train.alpha), "method": variant.method,
                     "alpha": run_config.train.alpha,

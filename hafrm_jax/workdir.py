@@ -7,7 +7,6 @@ hf_config.json, orbax checkpoints), so export and evaluation need no network and
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ from hafrm_jax.model.config import LoraConfig, ModelConfig, from_dict
 from hafrm_jax.model.lora import COLLECTION, merge_adapters, model_variables, split_trainable
 from hafrm_jax.sharding import Rules, make_mesh
 from hafrm_jax.train.optimizer import make_optimizer
+from hafrm_jax.train.run_files import read_json
 from hafrm_jax.train.state import (abstract_params, abstract_train_state, init_params,
                                    param_shardings, state_shardings)
 
@@ -37,11 +37,6 @@ class Run:
     lora: LoraConfig | None = None  # ... and its configuration
 
 
-def _read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def load_run(workdir: str, which: Literal["best", "latest"] = "best", mesh=None,
              rules: Rules | None = None) -> Run:
     """The params of `workdir`: the best by validation accuracy, or the latest checkpoint.
@@ -53,8 +48,8 @@ def load_run(workdir: str, which: Literal["best", "latest"] = "best", mesh=None,
     for name in ("config.json", "model_config.json"):
         if not os.path.exists(os.path.join(workdir, name)):
             raise FileNotFoundError(f"{workdir} is not a training workdir: it has no {name}")
-    config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
-    model_config = from_dict(_read_json(os.path.join(workdir, "model_config.json")))
+    config = ml_collections.ConfigDict(read_json(os.path.join(workdir, "config.json")))
+    model_config = from_dict(read_json(os.path.join(workdir, "model_config.json")))
     mesh = mesh or make_mesh()
     rules = rules or configuration.logical_rules(config)
     shardings = param_shardings(model_config, mesh, rules)
@@ -92,7 +87,7 @@ def load_run(workdir: str, which: Literal["best", "latest"] = "best", mesh=None,
 
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(workdir, "tokenizer"))
     hf_path = os.path.join(workdir, "hf_config.json")
-    hf_config = _read_json(hf_path) if os.path.exists(hf_path) else None
+    hf_config = read_json(hf_path) if os.path.exists(hf_path) else None
     adapters = None
     if lora is not None:
         base = starting_params(config, model_config, mesh, rules)

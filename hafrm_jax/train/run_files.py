@@ -41,6 +41,16 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: str):
+    """A run file written by `write_json`; a damaged one is refused naming the file and where."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} "
+                              f"({e.msg}); the file is damaged") from None
+
+
 def flat_config(node: dict, prefix: str = "") -> dict:
     """{"a.b.c": value} of a nested config dict; every group is also listed under its own key."""
     out = {}
@@ -61,10 +71,8 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str,
     if not (os.path.exists(config_path) and os.path.exists(model_path)):
         raise ConfigError(f"{workdir} has checkpoints but no config.json / model_config.json: "
                           "it was not written by this library, or was damaged")
-    with open(config_path, encoding="utf-8") as f:
-        old = flat_config(json.load(f))
-    with open(model_path, encoding="utf-8") as f:
-        old_model = from_dict(json.load(f))
+    old = flat_config(read_json(config_path))
+    old_model = from_dict(read_json(model_path))
     new = flat_config(json.loads(config.to_json()))
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
                      and not isinstance(new.get(k, old.get(k)), dict))
@@ -99,10 +107,7 @@ def save_data_summary(workdir: str, prompt_format: str, sizes: dict[str, int],
 def saved_prompt_format(workdir: str) -> str | None:
     """The `prompt_format` of a workdir's data.json (None for a run from before it)."""
     path = os.path.join(workdir, DATA_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)["prompt_format"]
+    return read_json(path)["prompt_format"] if os.path.exists(path) else None
 
 
 def save_run_files(config: ml_collections.ConfigDict, workdir: str, tokenizer,

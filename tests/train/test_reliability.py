@@ -167,6 +167,12 @@ def test_resume_refused_when_the_run_changed(tmp_path):
     assert longer.step == 6
     allowed = small_config(steps=8, seed=1, allow_config_change=True)
     assert train_and_evaluate(allowed, workdir).step == 8
+    (tmp_path / "run" / "model_config.json").write_text('{"hidden_size": 32,\n')  # damaged
+    damaged = r"run/model_config.json: not valid JSON at line 2, column 1"
+    with pytest.raises(configuration.ConfigError, match=damaged):
+        train_and_evaluate(small_config(steps=10, seed=1, allow_config_change=True), workdir)
+    with pytest.raises(configuration.ConfigError, match=damaged):
+        load_run(workdir)
 
 
 def test_retention_keeps_last_k_and_the_best(tmp_path):
