@@ -24,13 +24,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from bench.gpu_compile import H100_TARGET, gpu_mesh  # noqa: E402
 from bench.hlo_roofline import (add_roofline_options, bound_seconds,  # noqa: E402
                                 format_roofline, program_kernels)
-from bench.lm_head_variants import VARIANTS  # noqa: E402
+from bench.lm_head_variants import head_batch, value_and_grad  # noqa: E402
 from hafrm_jax.model.config import PRESETS  # noqa: E402
 from hafrm_jax.model.head_kernel import HeadBlocks  # noqa: E402
 
@@ -54,19 +53,14 @@ def main():
     def spec(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
 
-    inputs = (spec((args.sequences, args.seq, cfg.hidden_size), jnp.bfloat16),
-              spec((cfg.vocab_size, cfg.hidden_size), jnp.float32),  # tied, float32 master
-              spec((args.sequences, args.seq), jnp.int32),
-              spec((args.sequences, args.seq), jnp.int32))
+    inputs = [spec(x.shape, x.dtype) for x in jax.eval_shape(functools.partial(
+        head_batch, args.sequences, args.seq, cfg.hidden_size, cfg.vocab_size))]
     trips = -(-(args.seq - args.seq // 2) // args.chunk)  # chunks holding a response token
     bandwidth, peak = args.bandwidth_tb_s * 1e12, args.peak_tflops * 1e12
     rows = []
     tile = HeadBlocks.from_tile(args.tile)
     for name in args.variants.split(","):
-        fn = functools.partial(VARIANTS[name], kernel_blocks=tile) if name == "kernels" \
-            else VARIANTS[name]
-        grad = jax.jit(jax.value_and_grad(lambda h, w, i, r, f=fn: f(h, w, i, r, args.chunk),
-                                          argnums=(0, 1)))
+        grad = value_and_grad(name, args.chunk, tile if name == "kernels" else None)
         with jax.set_mesh(mesh):  # the Triton kernels compile for the mesh's (abstract) GPU
             compiled = grad.lower(*inputs).compile()
         kernels = program_kernels(compiled.as_text(), unknown_trips=trips)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -42,7 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.lm_head_variants import VARIANTS, head_batch, head_model_flops  # noqa: E402
+from bench.lm_head_variants import (VARIANTS, head_batch, head_model_flops,  # noqa: E402
+                                    value_and_grad)
 from hafrm_jax.model.config import PRESETS  # noqa: E402
 from hafrm_jax.model.head_kernel import HeadBlocks  # noqa: E402
 
@@ -75,7 +75,8 @@ def sweep_configs(variants: list[str], tiles: list[str], warps: list[str],
             configs.append(Config(variant))
             continue
         for tile, warp, stage in itertools.product(tiles, warps, stages):
-            blocks = HeadBlocks.from_tile(tile, None if warp == "auto" else int(warp), stage)
+            blocks = HeadBlocks.from_tile(tile, warps=None if warp == "auto" else int(warp),
+                                          stages=stage)
             config = Config(variant, dataclasses.replace(blocks, warps=blocks.num_warps))
             if config not in configs:
                 configs.append(config)
@@ -93,10 +94,7 @@ def _relative_error(result, reference) -> float:
 def time_config(config: Config, inputs, chunk: int, iters: int, flops: float,
                 reference=None) -> tuple[dict, object]:
     """One row of the table, and the variant's value and gradients."""
-    fn = VARIANTS[config.variant]
-    if config.blocks is not None:
-        fn = functools.partial(fn, kernel_blocks=config.blocks)
-    grad = jax.jit(jax.value_and_grad(lambda h, w, i, r: fn(h, w, i, r, chunk), argnums=(0, 1)))
+    grad = value_and_grad(config.variant, chunk, config.blocks)
     start = time.perf_counter()
     compiled = grad.lower(*inputs).compile()
     compile_s = time.perf_counter() - start

@@ -16,6 +16,8 @@ bench/lm_head_sweep.py times them on the local device.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -74,6 +76,15 @@ def stored(hidden, weight, input_ids, response_mask, chunk, kernel_blocks=None):
 VARIANTS = {"chunked": chunked, "kernels": kernels, "stored": stored}
 
 
+
+
+def value_and_grad(name: str, chunk: int, kernel_blocks: HeadBlocks | None = None):
+    """Variant `name`, jitted: (value, (d_hidden, d_weight)) of its scalar on `head_batch`'s
+    inputs; `kernel_blocks` the kernels' tile and launch options."""
+    fn = VARIANTS[name]
+    if kernel_blocks is not None:
+        fn = functools.partial(fn, kernel_blocks=kernel_blocks)
+    return jax.jit(jax.value_and_grad(lambda h, w, i, r: fn(h, w, i, r, chunk), argnums=(0, 1)))
 
 
 def head_batch(sequences: int, seq: int, hidden_size: int, vocab: int, seed: int = 0):

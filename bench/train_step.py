@@ -340,8 +340,8 @@ def case_model_config(case: Case, args) -> ModelConfig:
     try:
         blocks = HeadBlocks(*default.lm_head_blocks)
         warps = int(options["warps"]) if "warps" in options else blocks.warps
-        blocks = HeadBlocks.from_tile(options.get("tile", blocks.tile), warps,
-                                      int(options.get("stages", blocks.stages)))
+        blocks = HeadBlocks.from_tile(options.get("tile", blocks.tile), warps=warps,
+                                      stages=int(options.get("stages", blocks.stages)))
         return dataclasses.replace(default, dtype=args.dtype, remat=options["remat"],
                                    attention_impl=options["attention"],
                                    logprob_chunk=int(options["chunk"]),

@@ -64,13 +64,14 @@ class HeadBlocks:
             raise ValueError(f"LM-head kernel stages={self.stages} must be >= 1")
 
     @classmethod
-    def from_tile(cls, tile: str, warps: int | None = None, stages: int = 3) -> "HeadBlocks":
-        """From a tile written rows x vocab x depth, e.g. "128x128x64"."""
+    def from_tile(cls, tile: str, **launch) -> "HeadBlocks":
+        """From a tile written rows x vocab x depth, e.g. "128x128x64"; `launch`: warps, stages
+        (the fields' defaults where not given)."""
         parts = tile.split("x")
         if len(parts) != 3 or not all(p.isdigit() for p in parts):
             raise ValueError(f"LM-head kernel tile {tile!r} must be rows x vocab x depth, "
                              "e.g. 128x128x64")
-        return cls(*map(int, parts), warps=warps, stages=stages)
+        return cls(*map(int, parts), **launch)
 
     @property
     def tile(self) -> str:
