@@ -92,20 +92,35 @@ def step_flops(cfg: ModelConfig, pairs: int, seq: int, with_lm_head: bool,
     return 3 * (backbone + head)
 
 
-def matmul_peak_tflops(size: int, dtype=jnp.bfloat16, repeats: int = 10) -> float:
-    """Measured dense matmul throughput of the first device, in TFLOP/s, on random data (zeros
-    and ones run faster than real operands on some GPUs)."""
+def matmul_peak_tflops(size: int, dtype=jnp.bfloat16, samples: int = 10,
+                       calls: int = 10) -> dict[str, float]:
+    """Measured dense matmul throughput of the first device in TFLOP/s, on random data (zeros
+    and ones run faster than real operands on some GPUs), the median of `samples`:
+
+    - "peak_tflops": each sample times `calls` products launched back to back with one
+      synchronisation at the end, as the step is timed; the MFU denominator;
+    - "peak_tflops_per_call": each sample one product, synchronised: what rounds 1-12 of
+      bench/RESULTS.md used. The host's launch and synchronisation add to each such sample
+      (their share is a measurement of the device machine, not a constant).
+    """
     ka, kb = jax.random.split(jax.random.PRNGKey(0))
     a = jax.random.normal(ka, (size, size), dtype)
     b = jax.random.normal(kb, (size, size), dtype)
     f = jax.jit(lambda x, y: x @ y)
-    f(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    for _ in range(3):  # compile, then two more: clocks that idle low come up
         f(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / float(np.median(times)) / 1e12
+
+    def sample(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n - 1):
+            f(a, b)
+        f(a, b).block_until_ready()  # one device queue: the last product ends after the rest
+        return (time.perf_counter() - start) / n
+
+    flop = 2 * size ** 3
+    return {"peak_tflops": flop / float(np.median([sample(calls) for _ in range(samples)])) / 1e12,
+            "peak_tflops_per_call": flop / float(np.median([sample(1) for _ in range(samples)]))
+            / 1e12}
 
 
 def fused_attention_calls(hlo_text: str) -> dict[str, int]:
@@ -493,7 +508,7 @@ def main():
         if args.smoke and not on_gpu:
             args.dtype = "float32"
     if args._measure_peak:  # inside the first subprocess
-        print(_RESULT + json.dumps({"peak_tflops": matmul_peak_tflops(args.peak_size),
+        print(_RESULT + json.dumps({**matmul_peak_tflops(args.peak_size),
                                     "device": jax.devices()[0].device_kind,
                                     "jax": jax.__version__, "attention": args.attention,
                                     "dtype": args.dtype}), flush=True)
@@ -520,7 +535,9 @@ def main():
     if info is None:
         raise SystemExit(f"measuring the matmul peak failed: {error}")
     header = (f"# {info['device']}, jax {info['jax']}; measured bf16 matmul peak "
-              f"{info['peak_tflops']:.1f} TFLOP/s ({args.peak_size}^3, median of 10); "
+              f"{info['peak_tflops']:.1f} TFLOP/s ({args.peak_size}^3, median of 10 samples "
+              f"of 10 back-to-back products; one product a sample: "
+              f"{info['peak_tflops_per_call']:.1f}); "
               f"{args.pairs} pairs/step, {info['dtype']}, remat {args.remat}, "
               f"layers per scan step {args.unroll or 'all'}, "
               f"attention {info['attention']}, log-prob chunk {args.chunk}")
@@ -540,6 +557,7 @@ def main():
         row = {**row, **base} if row else {**base, "error": error}
         # the whole case, process start to exit: what a time-boxed lease has to plan for
         row.update(pairs=args.pairs, device=info["device"], peak_tflops=info["peak_tflops"],
+                   peak_tflops_per_call=info["peak_tflops_per_call"],
                    case_wall_s=round(time.perf_counter() - case_start, 1))
         if "tflops" in row and "mfu" not in row:  # PyTorch rows: the same measured peak
             row["mfu"] = round(row["tflops"] / info["peak_tflops"], 4)

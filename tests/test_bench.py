@@ -74,6 +74,17 @@ def test_smoke_mode_prints_the_table():
     assert "| tiny | hafrm-jax | haf | 64 |" in out.stdout
     assert "| tiny | hafrm-jax | baseline | 64 |" in out.stdout
     assert "tiny seq 64 (hafrm-jax): HaF / plain-RM step time" in out.stdout
+    assert "10 back-to-back products; one product a sample: " in out.stdout
+
+
+def test_matmul_peak_is_measured_both_ways():
+    """The MFU denominator times products back to back (one synchronisation a sample); the
+    one-product-a-sample figure of earlier rounds comes with it, for comparison."""
+    from bench.train_step import matmul_peak_tflops
+
+    peak = matmul_peak_tflops(64, samples=3, calls=4)
+    assert set(peak) == {"peak_tflops", "peak_tflops_per_call"}
+    assert all(0 < v < float("inf") for v in peak.values()), peak
 
 
 def test_case_specs_round_trip_and_bad_ones_are_refused():
