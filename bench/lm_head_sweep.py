@@ -8,9 +8,9 @@ chunks against the Pallas head kernels over a sweep of their tiles and Triton la
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024$(python bench/lm_head_sweep.py \
       --print-best=$OUT/head.jsonl)              # the whole step with the sweep's fastest kernels
 
-A case of the whole training step takes ~2 minutes of a GPU call (bench/train_step.py: a fresh
-process, the matmul peak, compile, warm-up, steps; bench/RESULTS.md round 9); the head alone is
-a small program, so one short device call can try many tiles and pick the kernels' default.
+A case of the whole training step takes ~28 s of a GPU call at 0.5B (bench/train_step.py: a
+fresh process, params, compile, warm-up, steps; bench/RESULTS.md round 12); the head alone
+compiles and runs in a few seconds, so one short device call can try many tiles.
 
 Each row is one jitted `value_and_grad` of a variant (bench/lm_head_variants.py) on the bench's
 batch (16 sequences x 1,024 positions, the second half response):
@@ -32,7 +32,6 @@ import dataclasses
 import itertools
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -43,6 +42,7 @@ import numpy as np  # noqa: E402
 
 from bench.lm_head_variants import (VARIANTS, head_batch, head_model_flops,  # noqa: E402
                                     value_and_grad)
+from bench.train_step import median_seconds  # noqa: E402
 from hafrm_jax.model.config import PRESETS  # noqa: E402
 from hafrm_jax.model.head_kernel import HeadBlocks  # noqa: E402
 
@@ -99,12 +99,7 @@ def time_config(config: Config, inputs, chunk: int, iters: int, flops: float,
     compiled = grad.lower(*inputs).compile()
     compile_s = time.perf_counter() - start
     result = jax.block_until_ready(compiled(*inputs))  # warm-up
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*inputs))
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = median_seconds(lambda: compiled(*inputs), iters)
     memory = compiled.memory_analysis()
     peak = getattr(memory, "peak_memory_in_bytes", 0) if memory is not None else 0
     row = {**config.describe(), "compile_s": compile_s, "ms": seconds * 1e3,

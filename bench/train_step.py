@@ -92,8 +92,25 @@ def step_flops(cfg: ModelConfig, pairs: int, seq: int, with_lm_head: bool,
     return 3 * (backbone + head)
 
 
-def matmul_peak_tflops(size: int, dtype=jnp.bfloat16, samples: int = 10,
-                       calls: int = 10) -> dict[str, float]:
+def median_seconds(run, samples: int, calls: int = 1) -> float:
+    """Median over `samples` of the wall time per call of `run()` (device work, asynchronous):
+    each sample launches `calls` of them back to back and synchronises once, at the end (one
+    device queue: the last call ends after the rest)."""
+    def sample() -> float:
+        start = time.perf_counter()
+        for _ in range(calls - 1):
+            run()
+        jax.block_until_ready(run())
+        return (time.perf_counter() - start) / calls
+
+    return float(np.median([sample() for _ in range(samples)]))
+
+
+PEAK_SAMPLES, PEAK_CALLS = 10, 10  # matmul_peak_tflops' samples, and products in each
+
+
+def matmul_peak_tflops(size: int, dtype=jnp.bfloat16, samples: int = PEAK_SAMPLES,
+                       calls: int = PEAK_CALLS) -> dict[str, float]:
     """Measured dense matmul throughput of the first device in TFLOP/s, on random data (zeros
     and ones run faster than real operands on some GPUs), the median of `samples`:
 
@@ -109,18 +126,9 @@ def matmul_peak_tflops(size: int, dtype=jnp.bfloat16, samples: int = 10,
     f = jax.jit(lambda x, y: x @ y)
     for _ in range(3):  # compile, then two more: clocks that idle low come up
         f(a, b).block_until_ready()
-
-    def sample(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n - 1):
-            f(a, b)
-        f(a, b).block_until_ready()  # one device queue: the last product ends after the rest
-        return (time.perf_counter() - start) / n
-
-    flop = 2 * size ** 3
-    return {"peak_tflops": flop / float(np.median([sample(calls) for _ in range(samples)])) / 1e12,
-            "peak_tflops_per_call": flop / float(np.median([sample(1) for _ in range(samples)]))
-            / 1e12}
+    tflop = 2 * size ** 3 / 1e12
+    return {"peak_tflops": tflop / median_seconds(lambda: f(a, b), samples, calls),
+            "peak_tflops_per_call": tflop / median_seconds(lambda: f(a, b), samples)}
 
 
 def fused_attention_calls(hlo_text: str) -> dict[str, int]:
@@ -535,8 +543,8 @@ def main():
     if info is None:
         raise SystemExit(f"measuring the matmul peak failed: {error}")
     header = (f"# {info['device']}, jax {info['jax']}; measured bf16 matmul peak "
-              f"{info['peak_tflops']:.1f} TFLOP/s ({args.peak_size}^3, median of 10 samples "
-              f"of 10 back-to-back products; one product a sample: "
+              f"{info['peak_tflops']:.1f} TFLOP/s ({args.peak_size}^3, median of {PEAK_SAMPLES} "
+              f"samples of {PEAK_CALLS} back-to-back products; one product a sample: "
               f"{info['peak_tflops_per_call']:.1f}); "
               f"{args.pairs} pairs/step, {info['dtype']}, remat {args.remat}, "
               f"layers per scan step {args.unroll or 'all'}, "
