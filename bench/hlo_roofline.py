@@ -117,9 +117,15 @@ def _attention_flops(call: Instruction, shapes: dict[str, str]) -> float:
     return flops * (2.5 if "Backward" in call.attributes else 1.0)
 
 
-def _head_kernel_flops(call: Instruction, shapes: dict[str, str]) -> float:
-    """The library's LM-head Triton kernels (hafrm_jax/model/head_kernel.py): a logits matmul of
-    rows [n, hidden] by the table ([vocab, hidden] or [hidden, vocab]), operands 0 and 1."""
+# the library's Triton kernels (pallas_call names): each is a matmul of its operand 0, rows
+# [n, hidden], by its operand 1, a matrix holding `hidden` along one axis
+_LIBRARY_KERNELS = re.compile(r"lm_head_|mlp_gate_up_gradients")
+
+
+def _library_kernel_flops(call: Instruction, shapes: dict[str, str]) -> float:
+    """The library's Triton kernels: the LM head's (hafrm_jax/model/head_kernel.py; the table
+    [vocab, hidden] or [hidden, vocab]) and the MLP's backward (hafrm_jax/model/mlp_kernel.py;
+    w_down [mlp, hidden]): 2 * n * the matrix's elements."""
     rows, hidden = (_dims(shapes.get(call.operands[0], "")) + [0, 0])[:2]
     table = math.prod(_dims(shapes.get(call.operands[1], ""))) if len(call.operands) > 1 else 0
     return 2.0 * rows * table
@@ -213,8 +219,8 @@ def program_kernels(text: str, unknown_trips: int = 1) -> list[Kernel]:
                 kind = target.group(1) if target else kind
                 if "fmha" in kind:
                     flops = _attention_flops(instruction, shapes)
-                elif "triton" in kind and "lm_head_" in instruction.attributes:
-                    flops = _head_kernel_flops(instruction, shapes)
+                elif "triton" in kind and _LIBRARY_KERNELS.search(instruction.attributes):
+                    flops = _library_kernel_flops(instruction, shapes)
                 elif "gemm" in kind:
                     flops = _dot_flops(instruction, shapes)
             elif instruction.op == "dot":

@@ -38,10 +38,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from bench.lm_head_variants import (VARIANTS, head_batch, head_model_flops,  # noqa: E402
                                     value_and_grad)
+from bench.sweep import relative_error, run_sweep  # noqa: E402
 from bench.train_step import median_seconds  # noqa: E402
 from hafrm_jax.model.config import PRESETS  # noqa: E402
 from hafrm_jax.model.head_kernel import HeadBlocks  # noqa: E402
@@ -83,14 +83,6 @@ def sweep_configs(variants: list[str], tiles: list[str], warps: list[str],
     return configs
 
 
-def _relative_error(result, reference) -> float:
-    worst = 0.0
-    for got, want in zip(jax.tree.leaves(result), jax.tree.leaves(reference)):
-        got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-        worst = max(worst, float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)))
-    return worst
-
-
 def time_config(config: Config, inputs, chunk: int, iters: int, flops: float,
                 reference=None) -> tuple[dict, object]:
     """One row of the table, and the variant's value and gradients."""
@@ -104,7 +96,7 @@ def time_config(config: Config, inputs, chunk: int, iters: int, flops: float,
     peak = getattr(memory, "peak_memory_in_bytes", 0) if memory is not None else 0
     row = {**config.describe(), "compile_s": compile_s, "ms": seconds * 1e3,
            "tflops": flops / seconds / 1e12,
-           "rel_err": None if reference is None else _relative_error(result, reference),
+           "rel_err": None if reference is None else relative_error(result, reference),
            "peak_gib": peak / 2**30 if peak else None}
     return row, result
 
@@ -178,24 +170,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"# {args.shape} LM head (tied, vocab {cfg.vocab_size}, hidden {cfg.hidden_size}), "
           f"{args.sequences} x {args.seq}, chunk {args.chunk}, on {device.device_kind} "
           f"(jax {jax.__version__})", flush=True)
-    rows, reference, start = [], None, time.perf_counter()
-    for config in configs:
-        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
-            print(f"# budget spent: skipped {config.describe()}", flush=True)
-            continue
-        try:
-            row, result = time_config(config, inputs, args.chunk, args.iters, flops, reference)
-            reference = result if reference is None else reference
-        except Exception as e:  # noqa: BLE001 - a configuration Triton refuses, reported
-            first_line = (str(e).strip().splitlines() or [""])[0][:200]
-            row = {**config.describe(), "error": f"{type(e).__name__}: {first_line}"}
-        row.update(shape=args.shape, sequences=args.sequences, seq=args.seq, chunk=args.chunk,
-                   device=device.device_kind, jax=jax.__version__)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(json.dumps(row) + "\n")
+    rows = run_sweep(
+        configs, lambda config, reference: time_config(config, inputs, args.chunk, args.iters,
+                                                       flops, reference),
+        budget_s=args.budget_s, json_path=args.json,
+        common=dict(shape=args.shape, sequences=args.sequences, seq=args.seq, chunk=args.chunk,
+                    device=device.device_kind, jax=jax.__version__))
     print(format_table(rows), flush=True)
     return rows
 

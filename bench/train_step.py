@@ -9,6 +9,8 @@ qwen2.5-1.5b:baseline:1024 --budget-s=300 --json=out.jsonl     # cases run in th
   python bench/train_step.py --cases=qwen2.5-0.5b:baseline:1024+unroll=1+xla=cublas  # scan, cuBLAS
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024+head=pallas+tile=64x128x64  # LM-head
       # kernels (hafrm_jax/model/head_kernel.py) with a tile of 64 rows x 128 vocab x 64 depth
+  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024+mlp=pallas  # the MLP's backward
+      # kernel (hafrm_jax/model/mlp_kernel.py)
   python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024 --profile=/tmp/prof   # + busiest ops,
       # and the kernels furthest from their roofline bound (bench/hlo_roofline.py)
 
@@ -65,8 +67,8 @@ from bench.hlo_roofline import (H100_BANDWIDTH_TB_S, format_against_profile,  # 
 from bench.trace_summary import (find_trace, format_summary, load_events, summarize,  # noqa: E402
                                  timeline_op_ms)
 from hafrm_jax.distributed import claim_gpu_memory  # noqa: E402
-from hafrm_jax.model.config import (ATTENTION_IMPLS, LM_HEAD_KERNELS, PRESETS,  # noqa: E402
-                                    REMAT_POLICIES, ModelConfig)
+from hafrm_jax.model.config import (ATTENTION_IMPLS, LM_HEAD_KERNELS, MLP_KERNELS,  # noqa: E402
+                                    PRESETS, REMAT_POLICIES, ModelConfig)
 from hafrm_jax.model.head_kernel import HeadBlocks  # noqa: E402
 from hafrm_jax.objective import LossConfig, ObjectiveConfig  # noqa: E402
 from hafrm_jax.sharding import (DEFAULT_RULES, batch_sharding, make_mesh,  # noqa: E402
@@ -271,11 +273,12 @@ XLA_FLAG_SETS = {
 # command line's --remat / --chunk / --attention / --unroll for that case alone; `+xla=name` runs
 # it under one of XLA_FLAG_SETS; `+head=pallas` uses the LM-head kernels, `+tile=64x128x64` with
 # another tile (rows x vocab x depth), `+warps=4+stages=4` with other Triton launch options
-# (HeadBlocks). None: an integer; TILE: three integers joined by "x".
+# (HeadBlocks); `+mlp=pallas` runs the gated MLP's backward kernel. None: an integer; TILE:
+# three integers joined by "x".
 TILE = "RxVxD"
 CASE_OPTIONS = {"remat": REMAT_POLICIES, "chunk": None, "attention": ATTENTION_IMPLS,
                 "unroll": None, "xla": tuple(XLA_FLAG_SETS), "head": LM_HEAD_KERNELS,
-                "tile": TILE, "warps": None, "stages": None}
+                "tile": TILE, "warps": None, "stages": None, "mlp": MLP_KERNELS}
 
 
 def _valid_option(allowed, value: str) -> bool:
@@ -359,7 +362,8 @@ def case_model_config(case: Case, args) -> ModelConfig:
     execution options (--dtype, --remat, --chunk, --attention, --unroll), then the case's."""
     default = PRESETS[case.shape]
     options = {"remat": args.remat, "chunk": str(args.chunk), "attention": args.attention,
-               "unroll": str(args.unroll), "head": default.lm_head_kernel, **dict(case.options)}
+               "unroll": str(args.unroll), "head": default.lm_head_kernel,
+               "mlp": default.mlp_kernel, **dict(case.options)}
     try:
         blocks = HeadBlocks(*default.lm_head_blocks)
         warps = int(options["warps"]) if "warps" in options else blocks.warps
@@ -370,8 +374,10 @@ def case_model_config(case: Case, args) -> ModelConfig:
                                    logprob_chunk=int(options["chunk"]),
                                    scan_unroll=int(options["unroll"]),
                                    lm_head_kernel=options["head"],
-                                   lm_head_blocks=dataclasses.astuple(blocks))
-    except ValueError as e:  # a tile or launch option Triton cannot take
+                                   lm_head_blocks=dataclasses.astuple(blocks),
+                                   mlp_kernel=options["mlp"])
+    except ValueError as e:  # a tile or launch option Triton cannot take, a kernel the model's
+        # MLP cannot use
         raise SystemExit(f"bad case {case.spec()!r}: {e}") from None
 
 
@@ -389,7 +395,7 @@ def _run_one(args, case: Case, peak: float) -> dict:
     row = run_case(cfg, case.method, args.pairs, case.seq, args.steps, peak, profile_dir)
     row.update(attention=cfg.attention_impl, remat=cfg.remat, chunk=cfg.logprob_chunk,
                unroll=cfg.scan_unroll, head=cfg.lm_head_kernel, tile=blocks.tile,
-               warps=blocks.num_warps, stages=blocks.stages,
+               warps=blocks.num_warps, stages=blocks.stages, mlp=cfg.mlp_kernel,
                xla_flags=os.environ.get("XLA_FLAGS", ""))
     return row
 

@@ -28,6 +28,7 @@ def default_config() -> ml_collections.ConfigDict:
     model.attention_impl = "xla"  # xla | cudnn (NVIDIA flash attention; right padding only)
     model.logprob_chunk = 128  # positions per chunk of LM-head logits
     model.lm_head_kernel = "xla"  # xla | pallas (Triton kernels for NVIDIA GPUs; experimental)
+    model.mlp_kernel = "xla"  # xla | pallas (a Triton kernel in the MLP's backward; experimental)
     # LoRA on the backbone (rank 0: full fine-tuning). The paper's Mistral-7B runs: rank 64,
     # alpha 16 on the MLP. The base stays frozen (no optimizer state); the reward head is
     # trained in full; the DPO reference is the base with the adapters off.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from hafrm_jax.model.config import (ATTENTION_IMPLS, LM_HEAD_KERNELS, REMAT_POLICIES,
+from hafrm_jax.model.config import (ATTENTION_IMPLS, LM_HEAD_KERNELS, MLP_KERNELS, REMAT_POLICIES,
                                     LoraConfig, ModelConfig, preset)
 from hafrm_jax.objective import METHODS, LossConfig, ObjectiveConfig
 from hafrm_jax.sharding import DEFAULT_RULES, MESH_AXES
@@ -42,7 +42,7 @@ def execution_options(config: ml_collections.ConfigDict) -> dict:
     return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
                 scan_unroll=m.scan_unroll, attention_impl=m.attention_impl,
                 logprob_chunk=m.logprob_chunk, lm_head_kernel=m.lm_head_kernel,
-                lora=lora_config(config))
+                mlp_kernel=m.mlp_kernel, lora=lora_config(config))
 
 
 def model_config(config: ml_collections.ConfigDict, pretrained_dir: str | None = None) -> ModelConfig:
@@ -195,6 +195,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(m.lm_head_kernel in LM_HEAD_KERNELS,
              f"model.lm_head_kernel={m.lm_head_kernel!r}: expected one of "
              f"{', '.join(LM_HEAD_KERNELS)}")
+    _require(m.mlp_kernel in MLP_KERNELS,
+             f"model.mlp_kernel={m.mlp_kernel!r}: expected one of {', '.join(MLP_KERNELS)}")
     for key in ("dtype", "param_dtype"):
         _require(m[key] in MODEL_DTYPES,
                  f"model.{key}={m[key]!r}: expected one of {', '.join(MODEL_DTYPES)}")

@@ -299,6 +299,23 @@ def test_case_options_set_the_lm_head_kernels():
         Case.parse("qwen2.5-0.5b:haf:1024+head=pallas+stages=many")
 
 
+def test_case_options_set_the_mlp_kernel():
+    import argparse
+
+    from bench.train_step import Case, case_model_config
+
+    args = argparse.Namespace(dtype="bfloat16", remat="none", attention="xla", chunk=128,
+                              unroll=0)
+    assert case_model_config(Case.parse("qwen2.5-0.5b:haf:1024"), args).mlp_kernel == "xla"
+    assert case_model_config(Case.parse("qwen2.5-0.5b:baseline:1024+mlp=pallas"),
+                             args).mlp_kernel == "pallas"
+    # the kernel's backward pass would run the forward's matmul again under remat: refused by name
+    with pytest.raises(SystemExit, match="remat='dots'"):
+        case_model_config(Case.parse("qwen2.5-0.5b:haf:1024+mlp=pallas+remat=dots"), args)
+    with pytest.raises(SystemExit, match="bad option"):
+        Case.parse("qwen2.5-0.5b:haf:1024+mlp=triton")
+
+
 # The LM-head kernel as compiled for an H100: a Triton custom call of rows by the tied table.
 HEAD_KERNEL_HLO = """HloModule m
 
@@ -487,6 +504,24 @@ def test_lm_head_sweep_times_each_configuration_once_and_checks_it(tmp_path, cap
     fastest = min(rows[1:3], key=lambda r: r["ms"])
     assert main([f"--print-best={out}"]) == []
     assert capsys.readouterr().out == (f"+head=pallas+tile={fastest['tile']}+warps=4+stages=3\n")
+
+
+def test_mlp_kernel_sweep_times_xla_the_matmul_and_each_tile(tmp_path, capsys):
+    """bench/mlp_kernel_sweep.py --smoke (CPU: the kernel through Pallas' interpreter): XLA's
+    path, its matmul alone, then a row per tile, each kernel row agreeing with XLA's to bf16
+    rounding (the kernel rounds once, XLA's path twice)."""
+    from bench.mlp_kernel_sweep import main, sweep_configs
+
+    out = tmp_path / "mlp.jsonl"
+    rows = main(["--smoke", f"--json={out}"])
+    assert [(r["variant"], r["tile"]) for r in rows] == [
+        ("xla", ""), ("matmul", ""), ("kernel", "16x16x16"), ("kernel", "32x16x16")]
+    assert rows[0]["rel_err"] is None and rows[1]["rel_err"] is None  # d_h: another quantity
+    assert all(r["rel_err"] < 2e-2 and r["ms"] > 0 and r["tflops"] > 0 for r in rows[2:])
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+    assert "| kernel | 32x16x16 | 4 | 3 |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="rows x mlp x depth"):
+        sweep_configs(["128x128"], [8], [3])
 
 
 def test_lm_head_sweep_reports_a_failed_configuration_and_goes_on(monkeypatch, capsys):

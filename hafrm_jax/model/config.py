@@ -12,6 +12,7 @@ from typing import Literal, get_args
 import jax.numpy as jnp
 
 from hafrm_jax.model.head_kernel import HeadBlocks, check_hidden_size
+from hafrm_jax.model.mlp_kernel import check_widths
 
 RematPolicy = Literal["none", "full", "dots", "dots_attention"]
 REMAT_POLICIES = get_args(RematPolicy)
@@ -19,6 +20,8 @@ AttentionImpl = Literal["xla", "cudnn"]
 ATTENTION_IMPLS = get_args(AttentionImpl)
 LmHeadKernel = Literal["xla", "pallas"]
 LM_HEAD_KERNELS = get_args(LmHeadKernel)
+MlpKernel = Literal["xla", "pallas"]
+MLP_KERNELS = get_args(MlpKernel)
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi")
 
 
@@ -123,6 +126,10 @@ class ModelConfig:
     # fields in order, rows x vocab x depth tile[, warps, stages]
     lm_head_kernel: LmHeadKernel = "xla"
     lm_head_blocks: tuple[int | None, ...] = (128, 128, 64)
+    # "pallas": the gated MLP's backward pass through silu(gate) * up fused into the d_h matmul,
+    # a Triton kernel (NVIDIA GPUs; silu, no MLP bias or adapters, remat "none", no tensor
+    # parallelism; model/mlp_kernel.py)
+    mlp_kernel: MlpKernel = "xla"
     lora: LoraConfig | None = None  # adapters on the backbone (the base then stays frozen)
 
     def __post_init__(self):
@@ -158,6 +165,31 @@ class ModelConfig:
         HeadBlocks(*self.lm_head_blocks)  # raises on a tile Triton cannot take
         if self.lm_head_kernel == "pallas":
             check_hidden_size(self.hidden_size)
+        if self.mlp_kernel not in MLP_KERNELS:
+            raise ValueError(f"unknown mlp_kernel {self.mlp_kernel!r}; expected one of "
+                             f"{MLP_KERNELS}")
+        if self.mlp_kernel == "pallas":
+            self._check_mlp_kernel()
+
+    def _check_mlp_kernel(self):
+        """What the MLP kernel computes: the gated silu MLP without biases, on a step that
+        keeps the forward's activations (under remat its custom backward pass would run the
+        forward's matmul again)."""
+        lora_targets = set(self.lora.targets) if self.lora else set()
+        refusals = {
+            f"mlp={self.mlp!r}": self.mlp != "gated",
+            f"activation={self.activation!r}": self.activation != "silu",
+            "mlp_bias=True": self.mlp_bias,
+            f"remat={self.remat!r}": self.remat != "none",
+            f"LoRA on {sorted(lora_targets & {'gate_proj', 'up_proj', 'down_proj'})}":
+                bool(lora_targets & {"gate_proj", "up_proj", "down_proj"}),
+        }
+        refused = [what for what, applies in refusals.items() if applies]
+        if refused:
+            raise ValueError(f"mlp_kernel='pallas' computes the gated silu MLP without biases or "
+                             f"adapters, with remat='none'; this model has {', '.join(refused)}: "
+                             "use mlp_kernel='xla'")
+        check_widths(self.hidden_size, self.intermediate_size)
 
     @property
     def lm_head_kernel_blocks(self) -> HeadBlocks | None:

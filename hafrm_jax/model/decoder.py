@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from hafrm_jax.model.config import ModelConfig, RopeScaling
 from hafrm_jax.model.lora import COLLECTION, adapted
 from hafrm_jax.model.matmul import add_bias, einsum_f32
+from hafrm_jax.model.mlp_kernel import gated_silu_down
 
 _INIT_STD = 0.02  # Hugging Face's default `initializer_range`
 _QUERY_AXES = ("act_batch", "act_length", "act_heads", "act_head_dim")
@@ -198,23 +199,29 @@ def linear(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, in_dims: int
     return y if bias is None else add_bias(y, bias)
 
 
+def stacked_gate_up(x: jax.Array, gate_kernel: jax.Array, up_kernel: jax.Array) -> jax.Array:
+    """The gated MLP's two input projections as ONE product, x [..., embed] @ the kernels
+    stacked [embed, 2, mlp] -> [..., 2, mlp] (gate, then up), in x's dtype.
+
+    The backward pass then forms both cotangents in one elementwise pass over [..., 2, mlp] (as
+    two products they read the activation's inputs twice) and needs one matmul per gradient,
+    not two. Compiled for an H100 (bench/gpu_compile.py; bench/RESULTS.md, round 5) that takes
+    2.7 ms off the 0.5B step's bound without remat and 5.8 ms off 1.5B's; under remat it adds
+    1.9 ms (XLA then recomputes the activation in a pass of its own, where as two projections it
+    fuses that with the cotangents), so the decoder stacks them only when nothing is
+    rematerialised."""
+    kernel = jnp.stack([gate_kernel, up_kernel], axis=1).astype(x.dtype)  # [embed, 2, mlp]
+    return jnp.einsum("...d,dkm->...km", x, kernel)
+
+
 def gate_up_projections(x: jax.Array, gate_kernel: jax.Array, up_kernel: jax.Array,
                         gate_bias: jax.Array | None, up_bias: jax.Array | None,
                         one_matmul: bool) -> tuple[jax.Array, jax.Array]:
-    """The gated MLP's two input projections x @ kernel (+ bias), [..., mlp] each, in x's dtype.
-
-    With `one_matmul` they are one product with the kernels stacked [embed, 2, mlp]: the
-    backward pass then forms both cotangents in ONE elementwise pass over [..., 2, mlp] (as two
-    passes they read the activation's inputs twice) and needs one matmul per gradient, not two.
-    Compiled for an H100 (bench/gpu_compile.py; bench/RESULTS.md, round 5) that takes 2.7 ms
-    off the 0.5B step's bound without remat and 5.8 ms off 1.5B's; under remat it adds 1.9 ms
-    (XLA then recomputes the activation in a pass of its own, where as two projections it fuses
-    that with the cotangents), so the decoder asks for it only when nothing is rematerialised.
-    """
+    """The gated MLP's two input projections x @ kernel (+ bias), [..., mlp] each, in x's dtype:
+    one product (`stacked_gate_up`) where `one_matmul`, else two."""
     if not one_matmul:
         return linear(x, gate_kernel, gate_bias), linear(x, up_kernel, up_bias)
-    kernel = jnp.stack([gate_kernel, up_kernel], axis=1).astype(x.dtype)  # [embed, 2, mlp]
-    both = jnp.einsum("...d,dkm->...km", x, kernel)  # [..., 2, mlp]
+    both = stacked_gate_up(x, gate_kernel, up_kernel)  # [..., 2, mlp]
     gate, up = both[..., 0, :], both[..., 1, :]
     if gate_bias is not None:
         gate, up = add_bias(gate, gate_bias), add_bias(up, up_bias)
@@ -242,6 +249,11 @@ class MLP(nn.Module):
             (gate_kernel, gate_bias), (up_kernel, up_bias) = (
                 DenseParams(shape, ("embed", "mlp"), cfg.mlp_bias, cfg.weight_dtype, name=name)()
                 for name in ("gate_proj", "up_proj"))
+            if cfg.mlp_kernel == "pallas":  # no bias, no adapters, silu: ModelConfig checks
+                both = stacked_gate_up(x.astype(cfg.compute_dtype), gate_kernel, up_kernel)
+                down_kernel, _ = DenseParams(shape[::-1], ("mlp", "embed"), False,
+                                             cfg.weight_dtype, name="down_proj")()
+                return gated_silu_down(both, down_kernel.astype(cfg.compute_dtype))
             gate, up = gate_up_projections(x.astype(cfg.compute_dtype), gate_kernel, up_kernel,
                                            gate_bias, up_bias, one_matmul=cfg.remat == "none")
             gate, up = (adapted(self, name, out, x, shape[:1], shape[1:], "embed", "mlp")

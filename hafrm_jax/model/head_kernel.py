@@ -18,11 +18,12 @@ Programs run vocab-block-major (the rows axis is the grid's fastest), so the pro
 at once share a tile of the table and the chunk's rows stay in L2.
 
 `lax.platform_dependent` picks the implementation when the program is lowered: the Triton kernels
-for CUDA, Pallas' interpreter elsewhere (CPU tests run the very same kernel bodies; slowly,
-so the interpreter is for tests only). Triton needs power-of-two tiles: rows are padded to
-the row block (zeros, weight 0) and the table's vocabulary to the vocab block (padded columns
-masked to -inf, their gradient 0); the hidden size must be a multiple of 16 (every released
-model's is). On a mesh, each device runs the kernels on its rows of the batch (`shard_map`).
+for CUDA, Pallas' interpreter elsewhere (model/triton_call.py; CPU tests run the very same
+kernel bodies, slowly, so the interpreter is for tests only). Triton needs power-of-two tiles:
+rows are padded to the row block (zeros, weight 0) and the table's vocabulary to the vocab block
+(padded columns masked to -inf, their gradient 0); the hidden size must be a multiple of 16
+(every released model's is). On a mesh, each device runs the kernels on its rows of the batch
+(`shard_map`).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
-from jax.sharding import PartitionSpec
 
-from hafrm_jax.sharding import batch_mesh_axes
+from hafrm_jax.model.triton_call import (check_backend, on_row_shards, pad_rows, round_up,
+                                         triton_call, whole_array)
+
+OPTION = "lm_head_kernel"  # the config field that chooses these kernels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +88,6 @@ class HeadBlocks:
         return 8 if self.rows * self.vocab >= 128 * 128 else 4
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def check_hidden_size(hidden: int) -> None:
     """Triton's matmul tiles take at least 16 along the contracted (hidden) axis."""
     if hidden % 16:
@@ -115,15 +114,10 @@ def pad_table(weight: jax.Array, vocab_major: bool, blocks: HeadBlocks) -> jax.A
     vocab_major else [hidden, vocab']. A no-op where the vocab block divides the vocabulary
     (Qwen2.5's 151,936 is 1,187 x 128)."""
     vocab = table_vocab(weight, vocab_major)
-    pad = _round_up(vocab, blocks.vocab) - vocab
+    pad = round_up(vocab, blocks.vocab) - vocab
     if not pad:
         return weight
     return jnp.pad(weight, ((0, pad), (0, 0)) if vocab_major else ((0, 0), (0, pad)))
-
-
-def _pad_rows(x: jax.Array, rows: int) -> jax.Array:
-    pad = rows - x.shape[0]
-    return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
 
 
 def _logits_tile(hidden_ref, table_ref, bias_ref, *, vocab: int, vocab_major: bool,
@@ -179,74 +173,15 @@ def _gradient_kernel(hidden_ref, table_ref, *refs, has_bias: bool, softcap: floa
         refs[5][...] = jnp.sum(d_logits, axis=0)  # this row block's d_bias [block_vocab]
 
 
-def _pallas(kernel, grid, in_specs, out_specs, out_shape, blocks: HeadBlocks, name: str):
-    """The kernel as Triton on CUDA and through Pallas' interpreter on any other platform."""
-    def build(interpret: bool):
-        return pl.pallas_call(
-            kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-            compiler_params=plgpu.CompilerParams(num_warps=blocks.num_warps,
-                                                  num_stages=blocks.stages),
-            interpret=interpret, name=name)
-
-    return lambda *args: jax.lax.platform_dependent(*args, cuda=build(False),
-                                                    default=build(True))
-
-
-def _whole(shape: tuple[int, ...]) -> pl.BlockSpec:
-    """The whole array to every program (the kernel slices it itself)."""
-    return pl.BlockSpec(shape, lambda i, j: (0,) * len(shape))
-
-
 def _row_vector(blocks: HeadBlocks) -> pl.BlockSpec:
     return pl.BlockSpec((blocks.rows,), lambda i, j: (i,))
-
-
-def _check_backend():
-    """A TPU has no Triton, and the interpreter would be very slow there."""
-    if jax.default_backend() == "tpu":
-        raise ValueError("lm_head_kernel='pallas' is a Triton kernel for NVIDIA GPUs; use "
-                         "lm_head_kernel='xla' on TPUs")
-
-
-def _on_row_shards(fn, row_args, shared_args, row_outputs: int, summed_outputs: int = 0):
-    """fn(*row_args, *shared_args) on each device's share of the rows, where the mesh splits the
-    batch (the rules' "act_batch" axes); shared_args whole on every device (a weight sharded
-    over fsdp is gathered, as XLA's matmul would). fn's first `row_outputs` results are split by
-    rows like the inputs, the next `summed_outputs` are summed over the devices.
-
-    A pallas_call has no partitioning rule: left to XLA on a mesh it would run every device on
-    the whole batch. The kernels' rows are independent, so data parallelism and FSDP map them
-    with shard_map; a mesh that splits anything else (tensor parallelism) is refused."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
-        return fn(*row_args, *shared_args)
-    batch_axes = batch_mesh_axes()
-    others = {name: size for name, size in mesh.shape.items()
-              if name not in batch_axes and size > 1}
-    if not batch_axes or others:
-        raise ValueError(
-            "lm_head_kernel='pallas' splits the batch over the mesh (data parallelism, FSDP) "
-            f"and nothing else; this mesh also splits {others or 'its axes'} with batch axes "
-            f"{batch_axes or 'none (no logical-axis rules in force)'}: use lm_head_kernel='xla'")
-    rows_spec = PartitionSpec(batch_axes)
-
-    def per_device(*args):
-        outputs = fn(*args)
-        return (*outputs[:row_outputs],
-                *(jax.lax.psum(x, batch_axes) for x in outputs[row_outputs:]))
-
-    return jax.shard_map(
-        per_device, mesh=mesh,
-        in_specs=(rows_spec,) * len(row_args) + (PartitionSpec(),) * len(shared_args),
-        out_specs=(rows_spec,) * row_outputs + (PartitionSpec(),) * summed_outputs,
-        check_vma=False)(*row_args, *shared_args)
 
 
 def _kernel_inputs(rows, table, bias, *, vocab, vocab_major, softcap, blocks):
     """What both kernels take besides the rows: the operands every device holds whole (the
     table, the bias padded like it) and the tile's static options; refuses what they cannot
     run."""
-    _check_backend()
+    check_backend(OPTION)
     check_hidden_size(rows.shape[1])
     shared = [table]
     if bias is not None:
@@ -266,21 +201,22 @@ def log_normalisers(rows: jax.Array, table: jax.Array, bias: jax.Array | None, *
 
     def local(rows, *shared):
         n = rows.shape[0]
-        padded_rows = _round_up(n, blocks.rows)
-        operands = [_pad_rows(rows, padded_rows), *shared]
+        padded_rows = round_up(n, blocks.rows)
+        operands = [pad_rows(rows, padded_rows), *shared]
         vocab_blocks = table_vocab(table, vocab_major) // blocks.vocab
         grid = (padded_rows // blocks.rows, vocab_blocks)  # rows fastest: programs share a tile
         partial = jax.ShapeDtypeStruct((vocab_blocks, padded_rows), jnp.float32)
         per_tile = pl.BlockSpec((None, blocks.rows), lambda i, j: (j, i))
-        tile_max, tile_sum = _pallas(
+        tile_max, tile_sum = triton_call(
             functools.partial(_normaliser_kernel, has_bias=bias is not None, **tile), grid,
-            [_whole(x.shape) for x in operands], [per_tile, per_tile], [partial, partial],
-            blocks, "lm_head_log_normalisers")(*operands)  # [vocab blocks, rows] each
+            [whole_array(x.shape) for x in operands], [per_tile, per_tile], [partial, partial],
+            warps=blocks.num_warps, stages=blocks.stages, name="lm_head_log_normalisers",
+        )(*operands)  # [vocab blocks, rows] each
         row_max = jnp.max(tile_max, axis=0)
         lse = row_max + jnp.log(jnp.sum(tile_sum * jnp.exp(tile_max - row_max), axis=0))
         return (lse[:n],)
 
-    return _on_row_shards(local, (rows,), shared, row_outputs=1)[0]
+    return on_row_shards(local, (rows,), shared, row_outputs=1, option=OPTION)[0]
 
 
 def logit_gradients(rows: jax.Array, table: jax.Array, bias: jax.Array | None,
@@ -299,25 +235,26 @@ def logit_gradients(rows: jax.Array, table: jax.Array, bias: jax.Array | None,
 
     def local(rows, targets, lse, coef, *shared):
         n = rows.shape[0]
-        padded_rows = _round_up(n, blocks.rows)
+        padded_rows = round_up(n, blocks.rows)
         row_blocks = padded_rows // blocks.rows
-        operands = [_pad_rows(rows, padded_rows), *shared]
-        per_row = [_pad_rows(x, padded_rows) for x in (targets, lse, coef)]
-        in_specs = [_whole(x.shape) for x in operands] + [_row_vector(blocks)] * 3
+        operands = [pad_rows(rows, padded_rows), *shared]
+        per_row = [pad_rows(x, padded_rows) for x in (targets, lse, coef)]
+        in_specs = [whole_array(x.shape) for x in operands] + [_row_vector(blocks)] * 3
         out_specs = [pl.BlockSpec((blocks.rows, blocks.vocab), lambda i, j: (i, j))]
         out_shape = [jax.ShapeDtypeStruct((padded_rows, padded_vocab), rows.dtype)]
         if bias is not None:
             out_specs.append(pl.BlockSpec((None, blocks.vocab), lambda i, j: (i, j)))
             out_shape.append(jax.ShapeDtypeStruct((row_blocks, padded_vocab), jnp.float32))
-        outputs = _pallas(
+        outputs = triton_call(
             functools.partial(_gradient_kernel, has_bias=bias is not None, **tile),
-            (row_blocks, padded_vocab // blocks.vocab), in_specs, out_specs, out_shape, blocks,
-            "lm_head_logit_gradients")(*operands, *per_row)
+            (row_blocks, padded_vocab // blocks.vocab), in_specs, out_specs, out_shape,
+            warps=blocks.num_warps, stages=blocks.stages, name="lm_head_logit_gradients",
+        )(*operands, *per_row)
         d_logits = outputs[0][:n]
         return (d_logits,) if bias is None else (d_logits, jnp.sum(outputs[1], axis=0))
 
-    outputs = _on_row_shards(local, (rows, targets.astype(jnp.int32), lse, coef), shared,
-                             row_outputs=1, summed_outputs=0 if bias is None else 1)
+    outputs = on_row_shards(local, (rows, targets.astype(jnp.int32), lse, coef), shared,
+                            row_outputs=1, summed_outputs=0 if bias is None else 1, option=OPTION)
     return outputs[0], (outputs[1] if bias is not None else None)
 
 

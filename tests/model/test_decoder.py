@@ -60,7 +60,7 @@ def test_dots_attention_policy_saves_the_fused_kernel_outputs():
 
 
 @pytest.mark.parametrize("options", [dict(scan_unroll=0), dict(scan_unroll=2, remat="dots"),
-                                     dict(remat="dots_attention")])
+                                     dict(remat="dots_attention"), dict(mlp_kernel="pallas")])
 def test_execution_options_compute_the_same_loss_and_gradients(tiny_config, options):
     _, params = init(tiny_config)
     batch = make_pair_batch(np.random.default_rng(0), 2, 8, tiny_config.vocab_size)
@@ -75,7 +75,8 @@ def test_execution_options_compute_the_same_loss_and_gradients(tiny_config, opti
     loss, grad = loss_and_grad(dataclasses.replace(tiny_config, **options))
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     # float32 rounding apart: without remat the gate and up projections are one matmul
-    # (gate_up_projections), whose sums run in another order than two matmuls'
+    # (gate_up_projections), whose sums run in another order than two matmuls'; the MLP kernel
+    # (run by Pallas' interpreter here) sums d_h in its own order too
     for a, b in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(ref_grad)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 

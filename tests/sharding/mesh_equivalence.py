@@ -1,7 +1,8 @@
 """Loss and gradients of the hybrid objective on several meshes vs one device (8 CPU devices),
 traced as the library traces them (under the logical-axis rules), and the compiled gradient's
-per-device temporary memory on each mesh; the same with the LM-head kernels
-(model.lm_head_kernel=pallas, run per device on its rows) on the meshes they take."""
+per-device temporary memory on each mesh; the same with the library's Pallas kernels
+(model.lm_head_kernel=pallas and model.mlp_kernel=pallas, run per device on its rows) on the
+meshes they take."""
 
 import dataclasses
 import json
@@ -17,7 +18,7 @@ from hafrm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh, traced_
 from hafrm_jax.train.state import init_params, param_shardings
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2), (2, 1, 4)]  # 2x1x4: 2 KV heads, 4-way
-KERNEL_MESHES = [(8, 1, 1), (2, 4, 1)]  # the kernels split the batch, not the vocabulary
+KERNEL_MESHES = [(8, 1, 1), (2, 4, 1)]  # the kernels split the batch, not the vocab or MLP
 
 config = preset("tiny", qkv_bias=True)
 loss_config = LossConfig(config, ObjectiveConfig("haf", reference="cached"))
@@ -54,8 +55,9 @@ out = {"reference_loss": ref_loss, "meshes": {}, "kernel_meshes": {}}
 for shape in MESHES:
     loss, grads, temp_bytes = loss_and_grads(make_mesh(*shape))
     out["meshes"]["x".join(map(str, shape))] = {**errors(loss, grads), "temp_bytes": temp_bytes}
-kernel_config = LossConfig(dataclasses.replace(config, lm_head_kernel="pallas"),
-                           loss_config.objective)
+kernel_config = LossConfig(
+    dataclasses.replace(config, lm_head_kernel="pallas", mlp_kernel="pallas"),
+    loss_config.objective)
 for shape in KERNEL_MESHES:
     loss, grads, _ = loss_and_grads(make_mesh(*shape), kernel_config)
     out["kernel_meshes"]["x".join(map(str, shape))] = errors(loss, grads)

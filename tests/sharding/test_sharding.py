@@ -26,7 +26,8 @@ def test_loss_and_gradients_equal_on_every_mesh():
     # (4.9x the temporary memory of 8x1x1 on 1x8x1)
     temp = {mesh: errors["temp_bytes"] for mesh, errors in out["meshes"].items()}
     assert temp["1x8x1"] < 1.2 * temp["8x1x1"], temp
-    # the LM-head kernels (model.lm_head_kernel=pallas) per device on its rows of the batch
+    # the LM-head and MLP kernels (model.lm_head_kernel, model.mlp_kernel = pallas) per device
+    # on its rows of the batch
     assert set(out["kernel_meshes"]) == {"8x1x1", "2x4x1"}
     for mesh, errors in out["kernel_meshes"].items():
         assert errors["loss_rel_err"] < TOLERANCE, (mesh, errors)

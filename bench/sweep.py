@@ -1,0 +1,47 @@
+"""What the kernel sweeps share (bench/lm_head_sweep.py, bench/mlp_kernel_sweep.py): running each
+configuration once within a time budget, a configuration that fails reported as an error row
+while the rest go on, and each row printed and appended to a JSON-lines file as it comes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import numpy as np
+
+
+def relative_error(result, reference) -> float:
+    """The largest difference over the leaves of `result` from `reference`'s, over that leaf's
+    largest magnitude."""
+    worst = 0.0
+    for got, want in zip(jax.tree.leaves(result), jax.tree.leaves(reference)):
+        got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+        worst = max(worst, float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)))
+    return worst
+
+
+def run_sweep(configs, time_one, *, budget_s: float | None, json_path: str | None,
+              common: dict) -> list[dict]:
+    """A row per configuration: `time_one(config, reference)` -> (row, result), where reference
+    is the first result that ran (None for the first). A configuration that raises (one Triton
+    cannot compile, say) is an error row with the first line of its message; none starts after
+    `budget_s` seconds. Each row gets `common` and is printed (and appended to `json_path`)."""
+    rows, reference, start = [], None, time.perf_counter()
+    for config in configs:
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            print(f"# budget spent: skipped {config.describe()}", flush=True)
+            continue
+        try:
+            row, result = time_one(config, reference)
+            reference = result if reference is None else reference
+        except Exception as e:  # noqa: BLE001 - a configuration Triton refuses, reported
+            first_line = (str(e).strip().splitlines() or [""])[0][:200]
+            row = {**config.describe(), "error": f"{type(e).__name__}: {first_line}"}
+        row.update(common)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if json_path:
+            with open(json_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return rows
