@@ -2,6 +2,7 @@
 and unrolling the scan over layers; neither may change the function computed."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -59,20 +60,29 @@ def test_dots_attention_policy_saves_the_fused_kernel_outputs():
     np.testing.assert_allclose(grads["dots"], jax.grad(lambda x: jnp.sum(layer(x)))(x), rtol=1e-6)
 
 
+@functools.lru_cache(maxsize=None)
+def _params_and_batch(cfg):
+    """Params of cfg and a pair batch, made once (init alone takes seconds)."""
+    _, params = init(cfg)
+    batch = make_pair_batch(np.random.default_rng(0), 2, 8, cfg.vocab_size)
+    batch["ref_logps"] = np.zeros((2, 2), np.float32)
+    return params, batch
+
+
+@functools.lru_cache(maxsize=None)
+def _loss_and_grad(cfg, base):
+    """HaF's loss and gradients under cfg, on `_params_and_batch(base)` (cached: every option
+    below compares with the same reference)."""
+    params, batch = _params_and_batch(base)
+    loss_config = LossConfig(cfg, ObjectiveConfig("haf"))
+    return jax.jit(jax.value_and_grad(lambda p: hybrid_loss(p, batch, loss_config)[0]))(params)
+
+
 @pytest.mark.parametrize("options", [dict(scan_unroll=0), dict(scan_unroll=2, remat="dots"),
                                      dict(remat="dots_attention"), dict(mlp_kernel="pallas")])
 def test_execution_options_compute_the_same_loss_and_gradients(tiny_config, options):
-    _, params = init(tiny_config)
-    batch = make_pair_batch(np.random.default_rng(0), 2, 8, tiny_config.vocab_size)
-    batch["ref_logps"] = np.zeros((2, 2), np.float32)
-    objective = ObjectiveConfig("haf")
-
-    def loss_and_grad(cfg):
-        return jax.value_and_grad(
-            lambda p: hybrid_loss(p, batch, LossConfig(cfg, objective))[0])(params)
-
-    ref_loss, ref_grad = loss_and_grad(tiny_config)
-    loss, grad = loss_and_grad(dataclasses.replace(tiny_config, **options))
+    ref_loss, ref_grad = _loss_and_grad(tiny_config, tiny_config)
+    loss, grad = _loss_and_grad(dataclasses.replace(tiny_config, **options), tiny_config)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     # float32 rounding apart: without remat the gate and up projections are one matmul
     # (gate_up_projections), whose sums run in another order than two matmuls'; the MLP kernel
