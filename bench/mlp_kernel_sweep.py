@@ -18,7 +18,7 @@ ms is the median over samples of 20 calls launched back to back (one call is wel
 millisecond, where one synchronisation would weigh); TFLOP/s counts the one matmul (2 * tokens *
 mlp * hidden). The whole step with the kernel: bench/train_step.py's `+mlp=pallas`. At an
 H200's rates (4.8 TB/s, 620.8 TFLOP/s) the roofline bounds at 0.5B are 0.396 ms (xla) and
-0.231 ms (kernel), the matmul's FLOPs (bench/RESULTS.md, round 13).
+0.230 ms (kernel), the matmul's FLOPs (bench/RESULTS.md, round 13).
 """
 
 from __future__ import annotations

@@ -175,14 +175,14 @@ class ModelConfig:
         """What the MLP kernel computes: the gated silu MLP without biases, on a step that
         keeps the forward's activations (under remat its custom backward pass would run the
         forward's matmul again)."""
-        lora_targets = set(self.lora.targets) if self.lora else set()
+        adapted_mlp = sorted(set(self.lora.targets if self.lora else ())
+                             & {"gate_proj", "up_proj", "down_proj"})
         refusals = {
             f"mlp={self.mlp!r}": self.mlp != "gated",
             f"activation={self.activation!r}": self.activation != "silu",
             "mlp_bias=True": self.mlp_bias,
             f"remat={self.remat!r}": self.remat != "none",
-            f"LoRA on {sorted(lora_targets & {'gate_proj', 'up_proj', 'down_proj'})}":
-                bool(lora_targets & {"gate_proj", "up_proj", "down_proj"}),
+            f"LoRA on {adapted_mlp}": bool(adapted_mlp),
         }
         refused = [what for what, applies in refusals.items() if applies]
         if refused:

@@ -36,8 +36,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from hafrm_jax.model.triton_call import (check_backend, on_row_shards, pad_rows, round_up,
-                                         triton_call, whole_array)
+from hafrm_jax.model.triton_call import (check_backend, check_launch, check_whole_tiles,
+                                         dividing_block, on_row_shards, pad_rows, parse_tile,
+                                         round_up, triton_call, whole_array)
 
 OPTION = "lm_head_kernel"  # the config field that chooses these kernels
 
@@ -56,25 +57,14 @@ class HeadBlocks:
     stages: int = 3
 
     def __post_init__(self):
-        for name in ("rows", "vocab", "depth"):
-            value = getattr(self, name)
-            if value < 16 or value & (value - 1):
-                raise ValueError(f"LM-head kernel block {name}={value} must be a power of two "
-                                 f">= 16 (Triton's tiles)")
-        if self.warps is not None and self.warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"LM-head kernel warps={self.warps} must be 1, 2, 4, 8 or 16")
-        if self.stages < 1:
-            raise ValueError(f"LM-head kernel stages={self.stages} must be >= 1")
+        check_launch("LM-head", {"rows": self.rows, "vocab": self.vocab, "depth": self.depth},
+                     self.warps, self.stages)
 
     @classmethod
     def from_tile(cls, tile: str, **launch) -> "HeadBlocks":
         """From a tile written rows x vocab x depth, e.g. "128x128x64"; `launch`: warps, stages
         (the fields' defaults where not given)."""
-        parts = tile.split("x")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"LM-head kernel tile {tile!r} must be rows x vocab x depth, "
-                             "e.g. 128x128x64")
-        return cls(*map(int, parts), **launch)
+        return cls(*parse_tile("LM-head", tile, "rows x vocab x depth"), **launch)
 
     @property
     def tile(self) -> str:
@@ -90,17 +80,7 @@ class HeadBlocks:
 
 def check_hidden_size(hidden: int) -> None:
     """Triton's matmul tiles take at least 16 along the contracted (hidden) axis."""
-    if hidden % 16:
-        raise ValueError(f"lm_head_kernel='pallas' needs a hidden size that is a multiple of "
-                         f"16, got {hidden}; use lm_head_kernel='xla'")
-
-
-def _depth_block(hidden: int, blocks: HeadBlocks) -> int:
-    """The largest power of two <= blocks.depth dividing `hidden` (a multiple of 16)."""
-    depth = blocks.depth
-    while hidden % depth:
-        depth //= 2
-    return depth
+    check_whole_tiles(OPTION, {"hidden size": hidden})
 
 
 def table_vocab(table, vocab_major: bool) -> int:
@@ -188,7 +168,7 @@ def _kernel_inputs(rows, table, bias, *, vocab, vocab_major, softcap, blocks):
         padding = table_vocab(table, vocab_major) - bias.shape[0]
         shared.append(jnp.pad(bias, (0, padding)) if padding else bias)
     tile = dict(vocab=vocab, vocab_major=vocab_major, softcap=softcap, blocks=blocks,
-                depth=_depth_block(rows.shape[1], blocks))
+                depth=dividing_block(rows.shape[1], blocks.depth))
     return shared, tile
 
 

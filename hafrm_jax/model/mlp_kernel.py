@@ -29,11 +29,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from hafrm_jax.model.triton_call import (check_backend, on_row_shards, pad_rows, round_up,
-                                         triton_call, whole_array)
+from hafrm_jax.model.triton_call import (check_backend, check_launch, check_whole_tiles,
+                                         dividing_block, on_row_shards, pad_rows, parse_tile,
+                                         round_up, triton_call, whole_array)
 
 OPTION = "mlp_kernel"  # the config field that chooses this kernel
-MIN_BLOCK = 16  # Triton's smallest matmul tile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,24 +49,13 @@ class MlpBlocks:
     stages: int = 3
 
     def __post_init__(self):
-        for name in ("rows", "mlp", "depth"):
-            value = getattr(self, name)
-            if value < MIN_BLOCK or value & (value - 1):
-                raise ValueError(f"MLP kernel block {name}={value} must be a power of two "
-                                 f">= {MIN_BLOCK} (Triton's tiles)")
-        if self.warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"MLP kernel warps={self.warps} must be 1, 2, 4, 8 or 16")
-        if self.stages < 1:
-            raise ValueError(f"MLP kernel stages={self.stages} must be >= 1")
+        check_launch("MLP", {"rows": self.rows, "mlp": self.mlp, "depth": self.depth},
+                     self.warps, self.stages)
 
     @classmethod
     def from_tile(cls, tile: str, **launch) -> "MlpBlocks":
         """From a tile written rows x mlp x depth, e.g. "128x128x64"; `launch`: warps, stages."""
-        parts = tile.split("x")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"MLP kernel tile {tile!r} must be rows x mlp x depth, e.g. "
-                             "128x128x64")
-        return cls(*map(int, parts), **launch)
+        return cls(*parse_tile("MLP", tile, "rows x mlp x depth"), **launch)
 
     @property
     def tile(self) -> str:
@@ -75,17 +64,7 @@ class MlpBlocks:
 
 def check_widths(hidden: int, mlp: int) -> None:
     """The contracted (hidden) and tiled (mlp) axes need whole Triton tiles of at least 16."""
-    for name, size in (("hidden size", hidden), ("intermediate size", mlp)):
-        if size % MIN_BLOCK:
-            raise ValueError(f"mlp_kernel='pallas' needs a {name} that is a multiple of "
-                             f"{MIN_BLOCK}, got {size}; use mlp_kernel='xla'")
-
-
-def _dividing_block(size: int, block: int) -> int:
-    """The largest power of two <= block dividing size (0 where not even 16 does)."""
-    while block >= MIN_BLOCK and size % block:
-        block //= 2
-    return block if block >= MIN_BLOCK else 0
+    check_whole_tiles(OPTION, {"hidden size": hidden, "intermediate size": mlp})
 
 
 def _gradient_kernel(d_out_ref, w_down_ref, gate_up_ref, d_gate_up_ref, *, rows: int, mlp: int,
@@ -123,12 +102,12 @@ def gate_up_gradients(d_out: jax.Array, w_down: jax.Array, gate_up: jax.Array,
     n, hidden = d_out.shape
     width = w_down.shape[0]
     check_widths(hidden, width)
-    depth = _dividing_block(hidden, blocks.depth)
-    mlp = _dividing_block(width, blocks.mlp)
+    depth = dividing_block(hidden, blocks.depth)
+    mlp = dividing_block(width, blocks.mlp)
 
     def local(d_out, gate_up, w_down):
         count = d_out.shape[0]
-        rows = _dividing_block(count, blocks.rows) or blocks.rows
+        rows = dividing_block(count, blocks.rows) or blocks.rows
         padded = round_up(count, rows)  # a copy only where no block of >= 16 rows divides n
         operands = [pad_rows(d_out, padded), w_down,
                     pad_rows(gate_up, padded).reshape(padded, 2 * width)]  # a free reshape

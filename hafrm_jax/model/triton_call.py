@@ -19,6 +19,48 @@ from jax.sharding import PartitionSpec
 from hafrm_jax.sharding import batch_mesh_axes
 
 
+MIN_BLOCK = 16  # Triton's smallest matmul tile along any axis
+WARPS = (1, 2, 4, 8, 16)
+
+
+def check_launch(kernel: str, blocks: dict[str, int], warps: int | None, stages: int) -> None:
+    """Refuses block sizes Triton cannot tile (powers of two >= 16), warps it cannot launch and
+    fewer than one pipelining stage; `kernel` names the kernel in the message."""
+    for name, value in blocks.items():
+        if value < MIN_BLOCK or value & (value - 1):
+            raise ValueError(f"{kernel} kernel block {name}={value} must be a power of two "
+                             f">= {MIN_BLOCK} (Triton's tiles)")
+    if warps is not None and warps not in WARPS:
+        raise ValueError(f"{kernel} kernel warps={warps} must be 1, 2, 4, 8 or 16")
+    if stages < 1:
+        raise ValueError(f"{kernel} kernel stages={stages} must be >= 1")
+
+
+def parse_tile(kernel: str, tile: str, axes: str) -> list[int]:
+    """The three block sizes of a tile written like "128x128x64", in the order `axes` names them
+    (e.g. "rows x vocab x depth"), for the message."""
+    parts = tile.split("x")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"{kernel} kernel tile {tile!r} must be {axes}, e.g. 128x128x64")
+    return [int(p) for p in parts]
+
+
+def check_whole_tiles(option: str, sizes: dict[str, int]) -> None:
+    """Each named axis size a multiple of MIN_BLOCK, or the option that chose the kernel is
+    refused, naming the other."""
+    for name, size in sizes.items():
+        if size % MIN_BLOCK:
+            raise ValueError(f"{option}='pallas' needs a {name} that is a multiple of "
+                             f"{MIN_BLOCK}, got {size}; use {option}='xla'")
+
+
+def dividing_block(size: int, block: int) -> int:
+    """The largest power of two <= block dividing size; 0 where not even MIN_BLOCK does."""
+    while block >= MIN_BLOCK and size % block:
+        block //= 2
+    return block if block >= MIN_BLOCK else 0
+
+
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 

@@ -90,9 +90,12 @@ def test_what_the_kernel_cannot_compute_is_refused_by_name(change, refused):
     options = dict(mlp_kernel="pallas", **change) if "mlp_kernel" not in change else change
     with pytest.raises(ValueError, match=refused.replace("[", r"\[").replace("]", r"\]")):
         dataclasses.replace(PRESETS["tiny"], **options)
-    # attention adapters leave the MLP alone: allowed
-    dataclasses.replace(PRESETS["tiny"], mlp_kernel="pallas",
-                        lora=LoraConfig(rank=4, targets=("q_proj", "v_proj")))
+
+
+def test_attention_adapters_leave_the_mlp_to_the_kernel():
+    cfg = dataclasses.replace(PRESETS["tiny"], mlp_kernel="pallas",
+                              lora=LoraConfig(rank=4, targets=("q_proj", "v_proj")))
+    assert cfg.mlp_kernel == "pallas"
 
 
 def test_blocks_must_be_triton_tiles():
