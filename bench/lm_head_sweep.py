@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import sys
 import time
@@ -41,7 +40,7 @@ import jax  # noqa: E402
 
 from bench.lm_head_variants import (VARIANTS, head_batch, head_model_flops,  # noqa: E402
                                     value_and_grad)
-from bench.sweep import relative_error, run_sweep  # noqa: E402
+from bench.sweep import fastest_agreeing, read_rows, relative_error, run_sweep  # noqa: E402
 from bench.train_step import median_seconds  # noqa: E402
 from hafrm_jax.model.config import PRESETS  # noqa: E402
 from hafrm_jax.model.head_kernel import HeadBlocks  # noqa: E402
@@ -104,11 +103,9 @@ def time_config(config: Config, inputs, chunk: int, iters: int, flops: float,
 def best_kernel_options(rows: list[dict]) -> str:
     """bench/train_step.py's case options of the fastest kernels row that ran and agreed with
     the reference ("+head=pallas+tile=...+warps=...+stages=..."), or "" where none did."""
-    ran = [r for r in rows if r["variant"] == "kernels" and "error" not in r
-           and (r["rel_err"] is None or r["rel_err"] < 1e-2)]
-    if not ran:
+    best = fastest_agreeing(rows, "kernels")
+    if best is None:
         return ""
-    best = min(ran, key=lambda r: r["ms"])
     return f"+head=pallas+tile={best['tile']}+warps={best['warps']}+stages={best['stages']}"
 
 
@@ -153,8 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "kernels row in this file of an earlier sweep, and exit")
     args = parser.parse_args(argv)
     if args.print_best:
-        with open(args.print_best) as f:
-            print(best_kernel_options([json.loads(line) for line in f if line.strip()]))
+        print(best_kernel_options(read_rows(args.print_best)))
         return []
     if args.smoke:
         args = parser.parse_args(SMOKE + (argv if argv is not None else sys.argv[1:]))

@@ -6,6 +6,8 @@ and Triton launch options.
   python bench/mlp_kernel_sweep.py --tiles=128x128x64,64x128x64,128x256x64 --warps=4,8 \
       --stages=3,4 --json=$OUT/mlp.jsonl
   python bench/mlp_kernel_sweep.py --smoke             # tiny, any machine (CI)
+  python bench/train_step.py --cases=qwen2.5-0.5b:haf:1024$(python bench/mlp_kernel_sweep.py \
+      --print-best=$OUT/mlp.jsonl)               # the whole step with the sweep's fastest kernel
 
 Rows (each one jitted function of d_out [tokens, hidden], w_down [mlp, hidden] and gate_up
 [tokens, 2, mlp], bf16):
@@ -35,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bench.sweep import relative_error, run_sweep  # noqa: E402
+from bench.sweep import fastest_agreeing, read_rows, relative_error, run_sweep  # noqa: E402
 from bench.train_step import median_seconds  # noqa: E402
 from hafrm_jax.model.config import PRESETS  # noqa: E402
 from hafrm_jax.model.mlp_kernel import (MlpBlocks, gate_up_gradients,  # noqa: E402
@@ -106,6 +108,16 @@ def time_config(config: Config, inputs, samples: int, calls: int, flops: float,
             "rel_err": relative_error(result, reference) if comparable else None}, result
 
 
+def best_kernel_options(rows: list[dict]) -> str:
+    """bench/train_step.py's case options of the fastest kernel row that ran and agreed with
+    XLA's result ("+mlp=pallas+mlptile=...+mlpwarps=...+mlpstages=..."), or "" where none did."""
+    best = fastest_agreeing(rows, "kernel")
+    if best is None:
+        return ""
+    return (f"+mlp=pallas+mlptile={best['tile']}+mlpwarps={best['warps']}"
+            f"+mlpstages={best['stages']}")
+
+
 def format_table(rows: list[dict]) -> str:
     lines = ["| variant | tile | warps | stages | compile s | ms | TFLOP/s | rel err |",
              "|---|---|---|---|---|---|---|---|"]
@@ -135,7 +147,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="start no configuration after this many seconds")
     parser.add_argument("--json", default=None, help="append each row to this JSON-lines file")
     parser.add_argument("--smoke", action="store_true", help=f"tiny: {' '.join(SMOKE)}")
+    parser.add_argument("--print-best", metavar="JSONL", default=None,
+                        help="print the case options (bench/train_step.py) of the fastest "
+                        "kernel row in this file of an earlier sweep, and exit")
     args = parser.parse_args(argv)
+    if args.print_best:
+        print(best_kernel_options(read_rows(args.print_best)))
+        return []
     if args.smoke:
         args = parser.parse_args(SMOKE + (argv if argv is not None else sys.argv[1:]))
     try:

@@ -1,6 +1,7 @@
 """What the kernel sweeps share (bench/lm_head_sweep.py, bench/mlp_kernel_sweep.py): running each
 configuration once within a time budget, a configuration that fails reported as an error row
-while the rest go on, and each row printed and appended to a JSON-lines file as it comes."""
+while the rest go on, each row printed and appended to a JSON-lines file as it comes, and the
+fastest kernel row of such a file read back (`--print-best`, to time it in the whole step)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,17 @@ def run_sweep(configs, time_one, *, budget_s: float | None, json_path: str | Non
             with open(json_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
     return rows
+
+
+def read_rows(json_path: str) -> list[dict]:
+    """The rows of a sweep's JSON-lines file."""
+    with open(json_path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def fastest_agreeing(rows: list[dict], variant: str, max_rel_err: float = 1e-2) -> dict | None:
+    """The fastest `variant` row that ran and agreed with the reference (rel err below
+    `max_rel_err`, or none measured), or None where no row did."""
+    ran = [r for r in rows if r["variant"] == variant and "error" not in r
+           and (r["rel_err"] is None or r["rel_err"] < max_rel_err)]
+    return min(ran, key=lambda r: r["ms"]) if ran else None

@@ -70,6 +70,7 @@ from hafrm_jax.distributed import claim_gpu_memory  # noqa: E402
 from hafrm_jax.model.config import (ATTENTION_IMPLS, LM_HEAD_KERNELS, MLP_KERNELS,  # noqa: E402
                                     PRESETS, REMAT_POLICIES, ModelConfig)
 from hafrm_jax.model.head_kernel import HeadBlocks  # noqa: E402
+from hafrm_jax.model.mlp_kernel import MlpBlocks  # noqa: E402
 from hafrm_jax.objective import LossConfig, ObjectiveConfig  # noqa: E402
 from hafrm_jax.sharding import (DEFAULT_RULES, batch_sharding, make_mesh,  # noqa: E402
                                 traced_under_rules)
@@ -273,12 +274,14 @@ XLA_FLAG_SETS = {
 # command line's --remat / --chunk / --attention / --unroll for that case alone; `+xla=name` runs
 # it under one of XLA_FLAG_SETS; `+head=pallas` uses the LM-head kernels, `+tile=64x128x64` with
 # another tile (rows x vocab x depth), `+warps=4+stages=4` with other Triton launch options
-# (HeadBlocks); `+mlp=pallas` runs the gated MLP's backward kernel. None: an integer; TILE:
-# three integers joined by "x".
+# (HeadBlocks); `+mlp=pallas` runs the gated MLP's backward kernel, `+mlptile=64x128x64
+# +mlpwarps=4+mlpstages=4` with another tile (rows x mlp x depth) and launch options (MlpBlocks).
+# None: an integer; TILE: three integers joined by "x".
 TILE = "RxVxD"
 CASE_OPTIONS = {"remat": REMAT_POLICIES, "chunk": None, "attention": ATTENTION_IMPLS,
                 "unroll": None, "xla": tuple(XLA_FLAG_SETS), "head": LM_HEAD_KERNELS,
-                "tile": TILE, "warps": None, "stages": None, "mlp": MLP_KERNELS}
+                "tile": TILE, "warps": None, "stages": None, "mlp": MLP_KERNELS,
+                "mlptile": TILE, "mlpwarps": None, "mlpstages": None}
 
 
 def _valid_option(allowed, value: str) -> bool:
@@ -369,13 +372,19 @@ def case_model_config(case: Case, args) -> ModelConfig:
         warps = int(options["warps"]) if "warps" in options else blocks.warps
         blocks = HeadBlocks.from_tile(options.get("tile", blocks.tile), warps=warps,
                                       stages=int(options.get("stages", blocks.stages)))
+        mlp_blocks = MlpBlocks(*default.mlp_blocks)
+        mlp_blocks = MlpBlocks.from_tile(
+            options.get("mlptile", mlp_blocks.tile),
+            warps=int(options.get("mlpwarps", mlp_blocks.warps)),
+            stages=int(options.get("mlpstages", mlp_blocks.stages)))
         return dataclasses.replace(default, dtype=args.dtype, remat=options["remat"],
                                    attention_impl=options["attention"],
                                    logprob_chunk=int(options["chunk"]),
                                    scan_unroll=int(options["unroll"]),
                                    lm_head_kernel=options["head"],
                                    lm_head_blocks=dataclasses.astuple(blocks),
-                                   mlp_kernel=options["mlp"])
+                                   mlp_kernel=options["mlp"],
+                                   mlp_blocks=dataclasses.astuple(mlp_blocks))
     except ValueError as e:  # a tile or launch option Triton cannot take, a kernel the model's
         # MLP cannot use
         raise SystemExit(f"bad case {case.spec()!r}: {e}") from None
@@ -386,7 +395,7 @@ def _run_one(args, case: Case, peak: float) -> dict:
     if case.stack == "torch":
         return run_torch(case.shape, case.method, args.pairs, case.seq, args.steps, case.compile)
     cfg = case_model_config(case, args)
-    blocks = HeadBlocks(*cfg.lm_head_blocks)
+    blocks, mlp_blocks = HeadBlocks(*cfg.lm_head_blocks), MlpBlocks(*cfg.mlp_blocks)
     profile_dir = None
     if args.profile:
         profile_dir = os.path.join(os.path.abspath(args.profile),
@@ -396,6 +405,8 @@ def _run_one(args, case: Case, peak: float) -> dict:
     row.update(attention=cfg.attention_impl, remat=cfg.remat, chunk=cfg.logprob_chunk,
                unroll=cfg.scan_unroll, head=cfg.lm_head_kernel, tile=blocks.tile,
                warps=blocks.num_warps, stages=blocks.stages, mlp=cfg.mlp_kernel,
+               mlp_tile=mlp_blocks.tile, mlp_warps=mlp_blocks.warps,
+               mlp_stages=mlp_blocks.stages,
                xla_flags=os.environ.get("XLA_FLAGS", ""))
     return row
 

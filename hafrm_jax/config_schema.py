@@ -28,7 +28,9 @@ def default_config() -> ml_collections.ConfigDict:
     model.attention_impl = "xla"  # xla | cudnn (NVIDIA flash attention; right padding only)
     model.logprob_chunk = 128  # positions per chunk of LM-head logits
     model.lm_head_kernel = "xla"  # xla | pallas (Triton kernels for NVIDIA GPUs; experimental)
+    model.lm_head_blocks = (128, 128, 64)  # their tile: rows, vocab, depth[, warps, stages]
     model.mlp_kernel = "xla"  # xla | pallas (a Triton kernel in the MLP's backward; experimental)
+    model.mlp_blocks = (128, 128, 64)  # its tile: rows, mlp, depth[, warps, stages]
     # LoRA on the backbone (rank 0: full fine-tuning). The paper's Mistral-7B runs: rank 64,
     # alpha 16 on the MLP. The base stays frozen (no optimizer state); the reward head is
     # trained in full; the DPO reference is the base with the adapters off.

@@ -8,7 +8,9 @@ from __future__ import annotations
 import ml_collections
 
 from hafrm_jax.model.config import (ATTENTION_IMPLS, LM_HEAD_KERNELS, MLP_KERNELS, REMAT_POLICIES,
-                                    LoraConfig, ModelConfig, preset)
+                                    LoraConfig, ModelConfig, check_blocks, preset)
+from hafrm_jax.model.head_kernel import HeadBlocks
+from hafrm_jax.model.mlp_kernel import MlpBlocks
 from hafrm_jax.objective import METHODS, LossConfig, ObjectiveConfig
 from hafrm_jax.sharding import DEFAULT_RULES, MESH_AXES
 
@@ -42,7 +44,8 @@ def execution_options(config: ml_collections.ConfigDict) -> dict:
     return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
                 scan_unroll=m.scan_unroll, attention_impl=m.attention_impl,
                 logprob_chunk=m.logprob_chunk, lm_head_kernel=m.lm_head_kernel,
-                mlp_kernel=m.mlp_kernel, lora=lora_config(config))
+                lm_head_blocks=tuple(m.lm_head_blocks), mlp_kernel=m.mlp_kernel,
+                mlp_blocks=tuple(m.mlp_blocks), lora=lora_config(config))
 
 
 def model_config(config: ml_collections.ConfigDict, pretrained_dir: str | None = None) -> ModelConfig:
@@ -50,12 +53,18 @@ def model_config(config: ml_collections.ConfigDict, pretrained_dir: str | None =
     m = config.model
     if pretrained_dir is not None:
         from hafrm_jax.hf.checkpoint import pretrained_model_config
+        from hafrm_jax.hf.config import UnsupportedModelError
 
         overridden = [k for k in ARCHITECTURE_KEYS if m[k] is not None]
         if overridden:
             raise ConfigError(f"model.{overridden[0]} cannot change the architecture of the "
                               f"pretrained model.name_or_path={m.name_or_path!r}")
-        return pretrained_model_config(pretrained_dir, **execution_options(config))
+        try:
+            return pretrained_model_config(pretrained_dir, **execution_options(config))
+        except UnsupportedModelError:
+            raise
+        except ValueError as e:  # an execution option this architecture cannot take
+            raise ConfigError(f"model (from {m.name_or_path!r}): {e}") from e
     return preset(m.preset, **{k: m[k] for k in ARCHITECTURE_KEYS}, **execution_options(config))
 
 
@@ -197,6 +206,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"{', '.join(LM_HEAD_KERNELS)}")
     _require(m.mlp_kernel in MLP_KERNELS,
              f"model.mlp_kernel={m.mlp_kernel!r}: expected one of {', '.join(MLP_KERNELS)}")
+    for key, kind, tile in (("lm_head_blocks", HeadBlocks, "rows, vocab, depth"),
+                            ("mlp_blocks", MlpBlocks, "rows, mlp, depth")):
+        try:
+            check_blocks(key, tuple(m[key]), kind, tile)
+        except ValueError as e:
+            raise ConfigError(f"model.{e}") from None
     for key in ("dtype", "param_dtype"):
         _require(m[key] in MODEL_DTYPES,
                  f"model.{key}={m[key]!r}: expected one of {', '.join(MODEL_DTYPES)}")

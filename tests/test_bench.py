@@ -314,6 +314,15 @@ def test_case_options_set_the_mlp_kernel():
         case_model_config(Case.parse("qwen2.5-0.5b:haf:1024+mlp=pallas+remat=dots"), args)
     with pytest.raises(SystemExit, match="bad option"):
         Case.parse("qwen2.5-0.5b:haf:1024+mlp=triton")
+    # the kernel's tile and launch options, as bench/mlp_kernel_sweep.py --print-best writes them
+    cfg = case_model_config(Case.parse("qwen2.5-0.5b:haf:1024+mlp=pallas+mlptile=64x128x32"
+                                       "+mlpwarps=4+mlpstages=4"), args)
+    assert cfg.mlp_kernel_blocks.tile == "64x128x32" and cfg.mlp_blocks == (64, 128, 32, 4, 4)
+    cfg = case_model_config(Case.parse("qwen2.5-0.5b:haf:1024+mlp=pallas+mlpwarps=4"), args)
+    assert cfg.mlp_blocks == (128, 128, 64, 4, 3)  # the rest from ModelConfig's defaults
+    with pytest.raises(SystemExit, match="power of two"):
+        case_model_config(Case.parse("qwen2.5-0.5b:haf:1024+mlp=pallas+mlptile=96x128x64"),
+                          args)
 
 
 # The LM-head kernel as compiled for an H100: a Triton custom call of rows by the tied table.
@@ -510,7 +519,7 @@ def test_mlp_kernel_sweep_times_xla_the_matmul_and_each_tile(tmp_path, capsys):
     """bench/mlp_kernel_sweep.py --smoke (CPU: the kernel through Pallas' interpreter): XLA's
     path, its matmul alone, then a row per tile, each kernel row agreeing with XLA's to bf16
     rounding (the kernel rounds once, XLA's path twice)."""
-    from bench.mlp_kernel_sweep import main, sweep_configs
+    from bench.mlp_kernel_sweep import best_kernel_options, main, sweep_configs
 
     out = tmp_path / "mlp.jsonl"
     rows = main(["--smoke", f"--json={out}"])
@@ -522,6 +531,16 @@ def test_mlp_kernel_sweep_times_xla_the_matmul_and_each_tile(tmp_path, capsys):
     assert "| kernel | 32x16x16 | 4 | 3 |" in capsys.readouterr().out
     with pytest.raises(ValueError, match="rows x mlp x depth"):
         sweep_configs(["128x128"], [8], [3])
+    # the fastest kernel row that agreed, as the whole step's case options
+    fastest = min(rows[2:], key=lambda r: r["ms"])
+    assert main([f"--print-best={out}"]) == []
+    assert capsys.readouterr().out == (f"+mlp=pallas+mlptile={fastest['tile']}+mlpwarps=4"
+                                       "+mlpstages=3\n")
+    assert best_kernel_options(rows[:2]) == ""  # no kernel row ran
+    disagreeing = [{**r, "rel_err": 0.5} if r is fastest else r for r in rows]
+    slower = next(r for r in rows[2:] if r is not fastest)
+    assert best_kernel_options(disagreeing) == (f"+mlp=pallas+mlptile={slower['tile']}"
+                                                "+mlpwarps=4+mlpstages=3")
 
 
 def test_lm_head_sweep_reports_a_failed_configuration_and_goes_on(monkeypatch, capsys):

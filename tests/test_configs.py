@@ -62,3 +62,47 @@ def test_missing_local_model_is_a_clear_error(tmp_path):
     config.model.name_or_path = str(tmp_path / "no-such-model")
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_kernel_tiles_are_config_keys_checked_by_name():
+    """model.lm_head_blocks / model.mlp_blocks reach the model config; a tile Triton cannot take
+    is refused before anything runs, naming the key."""
+    from configs.default import get_config
+
+    config = get_config()
+    config.model.mlp_kernel, config.model.mlp_blocks = "pallas", (64, 128, 32, 4, 4)
+    config.model.lm_head_blocks = [128, 256, 64]  # as a saved run's config.json holds it
+    configuration.validate(config)
+    model = configuration.model_config(config)
+    assert model.mlp_kernel_blocks.tile == "64x128x32" and model.mlp_kernel_blocks.warps == 4
+    assert model.lm_head_blocks == (128, 256, 64)
+    for key, value, message in (("mlp_blocks", (48, 128, 64), "rows=48 must be a power of two"),
+                                ("mlp_blocks", (64, 128), "rows, mlp, depth"),
+                                ("lm_head_blocks", (128, 128, 64, 3), "warps=3")):
+        config = get_config()
+        config.model[key] = value
+        with pytest.raises(configuration.ConfigError, match=f"model.{key}=.*{message}"):
+            configuration.validate(config)
+
+
+def test_a_kernel_the_pretrained_architecture_cannot_take_is_a_config_error(tmp_path):
+    """The MLP kernel computes gated silu MLPs; a GELU checkpoint (Phi's shape) with
+    mlp_kernel=pallas is refused as a ConfigError naming the checkpoint, not a bare ValueError
+    from deep in the model config."""
+    import dataclasses
+    import json
+
+    from configs.default import get_config
+    from hafrm_jax.hf.config import hf_config_dict
+    from hafrm_jax.model.config import PRESETS
+
+    phi = dataclasses.replace(PRESETS["phi-2"], vocab_size=256, hidden_size=64,
+                              intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=4)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config_dict(phi)))
+    config = get_config()
+    config.model.name_or_path, config.model.mlp_kernel = str(tmp_path), "pallas"
+    with pytest.raises(configuration.ConfigError,
+                       match=r"model \(from .*\): mlp_kernel='pallas'.*activation='gelu_tanh'"):
+        configuration.model_config(config, str(tmp_path))
+    config.model.mlp_kernel = "xla"
+    assert configuration.model_config(config, str(tmp_path)).activation == "gelu_tanh"

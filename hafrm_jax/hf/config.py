@@ -166,7 +166,8 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
 def architecture_fields(cfg: ModelConfig) -> dict[str, Any]:
     """The fields of `cfg` that define the function computed (not how it is executed)."""
     execution = {"dtype", "param_dtype", "remat", "scan_unroll", "attention_impl",
-                 "logprob_chunk", "lm_head_kernel", "lm_head_blocks", "mlp_kernel", "lora"}
+                 "logprob_chunk", "lm_head_kernel", "lm_head_blocks", "mlp_kernel", "mlp_blocks",
+                 "lora"}
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
               if f.name not in execution}
     fields["head_dim"] = cfg.dim_per_head  # None means the default: the same model

@@ -12,7 +12,7 @@ from typing import Literal, get_args
 import jax.numpy as jnp
 
 from hafrm_jax.model.head_kernel import HeadBlocks, check_hidden_size
-from hafrm_jax.model.mlp_kernel import check_widths
+from hafrm_jax.model.mlp_kernel import MlpBlocks, check_widths
 
 RematPolicy = Literal["none", "full", "dots", "dots_attention"]
 REMAT_POLICIES = get_args(RematPolicy)
@@ -77,6 +77,17 @@ class LoraConfig:
         return tuple(dict.fromkeys(names))
 
 
+def check_blocks(field: str, blocks: tuple, kind: type, tile: str) -> None:
+    """A kernel's tile and launch options as a config field: `kind`'s fields in order, the
+    tile then optionally warps and stages. Raises ValueError naming the field."""
+    if not 3 <= len(blocks) <= 5:
+        raise ValueError(f"{field}={tuple(blocks)} must be {tile}[, warps, stages]")
+    try:
+        kind(*blocks)  # raises on a tile or launch option Triton cannot take
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{field}={tuple(blocks)}: {e}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A pre-norm decoder (Llama, Mistral, Qwen2/3, Gemma 1/2, Phi-2) plus execution options.
@@ -128,8 +139,10 @@ class ModelConfig:
     lm_head_blocks: tuple[int | None, ...] = (128, 128, 64)
     # "pallas": the gated MLP's backward pass through silu(gate) * up fused into the d_h matmul,
     # a Triton kernel (NVIDIA GPUs; silu, no MLP bias or adapters, remat "none", no tensor
-    # parallelism; model/mlp_kernel.py)
+    # parallelism; model/mlp_kernel.py); mlp_blocks: its MlpBlocks' fields in order, rows x mlp
+    # x depth tile[, warps, stages]
     mlp_kernel: MlpKernel = "xla"
+    mlp_blocks: tuple[int, ...] = (128, 128, 64)
     lora: LoraConfig | None = None  # adapters on the backbone (the base then stays frozen)
 
     def __post_init__(self):
@@ -159,15 +172,13 @@ class ModelConfig:
         if self.lm_head_kernel not in LM_HEAD_KERNELS:
             raise ValueError(f"unknown lm_head_kernel {self.lm_head_kernel!r}; expected one of "
                              f"{LM_HEAD_KERNELS}")
-        if not 3 <= len(self.lm_head_blocks) <= 5:
-            raise ValueError(f"lm_head_blocks={self.lm_head_blocks} must be rows, vocab, depth"
-                             "[, warps, stages]")
-        HeadBlocks(*self.lm_head_blocks)  # raises on a tile Triton cannot take
+        check_blocks("lm_head_blocks", self.lm_head_blocks, HeadBlocks, "rows, vocab, depth")
         if self.lm_head_kernel == "pallas":
             check_hidden_size(self.hidden_size)
         if self.mlp_kernel not in MLP_KERNELS:
             raise ValueError(f"unknown mlp_kernel {self.mlp_kernel!r}; expected one of "
                              f"{MLP_KERNELS}")
+        check_blocks("mlp_blocks", self.mlp_blocks, MlpBlocks, "rows, mlp, depth")
         if self.mlp_kernel == "pallas":
             self._check_mlp_kernel()
 
@@ -195,6 +206,11 @@ class ModelConfig:
     def lm_head_kernel_blocks(self) -> HeadBlocks | None:
         """The Pallas head kernels' tile, or None for XLA's kernels."""
         return HeadBlocks(*self.lm_head_blocks) if self.lm_head_kernel == "pallas" else None
+
+    @property
+    def mlp_kernel_blocks(self) -> MlpBlocks | None:
+        """The Pallas MLP kernel's tile, or None for XLA's kernels."""
+        return MlpBlocks(*self.mlp_blocks) if self.mlp_kernel == "pallas" else None
 
     @property
     def dim_per_head(self) -> int:
@@ -302,8 +318,9 @@ def from_dict(fields: dict) -> ModelConfig:
         fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
     if fields.get("layer_windows") is not None:
         fields["layer_windows"] = tuple(fields["layer_windows"])
-    if "lm_head_blocks" in fields:  # a JSON list
-        fields["lm_head_blocks"] = tuple(fields["lm_head_blocks"])
+    for blocks in ("lm_head_blocks", "mlp_blocks"):
+        if blocks in fields:  # a JSON list
+            fields[blocks] = tuple(fields[blocks])
     if fields.get("lora") is not None:
         fields["lora"] = LoraConfig(**{**fields["lora"], "targets": tuple(fields["lora"]["targets"])})
     return ModelConfig(**fields)

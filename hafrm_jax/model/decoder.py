@@ -253,7 +253,8 @@ class MLP(nn.Module):
                 both = stacked_gate_up(x.astype(cfg.compute_dtype), gate_kernel, up_kernel)
                 down_kernel, _ = DenseParams(shape[::-1], ("mlp", "embed"), False,
                                              cfg.weight_dtype, name="down_proj")()
-                return gated_silu_down(both, down_kernel.astype(cfg.compute_dtype))
+                return gated_silu_down(both, down_kernel.astype(cfg.compute_dtype),
+                                       cfg.mlp_kernel_blocks)
             gate, up = gate_up_projections(x.astype(cfg.compute_dtype), gate_kernel, up_kernel,
                                            gate_bias, up_bias, one_matmul=cfg.remat == "none")
             gate, up = (adapted(self, name, out, x, shape[:1], shape[1:], "embed", "mlp")

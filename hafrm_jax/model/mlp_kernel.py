@@ -10,9 +10,10 @@ computes a tile of d_h in registers and applies the activation's derivative ther
 written, and gate and up are read once, by the kernel.
 
 `gated_silu_down` is the MLP's output with that backward pass (a custom VJP); the decoder uses
-it where `ModelConfig.mlp_kernel == "pallas"`. Its forward pass and the weight gradient are
-XLA's, as before. Gate and up come as one [..., 2, mlp] array (the stacked projection of
-`decoder.stacked_gate_up`), whose cotangent the kernel writes in place of XLA's concatenation.
+it where `ModelConfig.mlp_kernel == "pallas"`, with the tile of `ModelConfig.mlp_blocks`. Its
+forward pass and the weight gradient are XLA's, as before. Gate and up come as one [..., 2, mlp]
+array (the stacked projection of `decoder.stacked_gate_up`), whose cotangent the kernel writes
+in place of XLA's concatenation.
 
 Triton needs power-of-two tiles: each block shrinks to the largest power of two dividing its
 axis (rows, the MLP width and the hidden size must be multiples of 16; rows that are not are
@@ -133,24 +134,27 @@ def _down(h: jax.Array, w_down: jax.Array) -> jax.Array:
     return jax.lax.dot_general(h, w_down, (((h.ndim - 1,), (0,)), ((), ())))
 
 
-@jax.custom_vjp
-def gated_silu_down(gate_up: jax.Array, w_down: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def gated_silu_down(gate_up: jax.Array, w_down: jax.Array,
+                    blocks: MlpBlocks = MlpBlocks()) -> jax.Array:
     """silu(gate) * up @ w_down: gate_up [..., 2, mlp], w_down [mlp, hidden] in gate_up's dtype
     -> [..., hidden]. The same value as XLA's path; the backward pass to gate_up runs
-    `gate_up_gradients`."""
+    `gate_up_gradients` with `blocks`."""
     return _down(silu_gated(gate_up), w_down)
 
 
-def _gated_silu_down_fwd(gate_up, w_down):
+def _gated_silu_down_fwd(gate_up, w_down, blocks):
+    del blocks
     h = silu_gated(gate_up)
     return _down(h, w_down), (gate_up, h, w_down)
 
 
-def _gated_silu_down_bwd(residuals, d_out):
+def _gated_silu_down_bwd(blocks, residuals, d_out):
     gate_up, h, w_down = residuals
     lead = gate_up.shape[:-2]
     rows = d_out.reshape(-1, d_out.shape[-1])
-    d_gate_up = gate_up_gradients(rows, w_down, gate_up.reshape(-1, *gate_up.shape[-2:]))
+    d_gate_up = gate_up_gradients(rows, w_down, gate_up.reshape(-1, *gate_up.shape[-2:]),
+                                  blocks)
     batch_dims = tuple(range(len(lead)))
     d_w_down = jax.lax.dot_general(h, d_out, ((batch_dims, batch_dims), ((), ())))  # as autodiff
     return d_gate_up.reshape(gate_up.shape), d_w_down.astype(w_down.dtype)

@@ -2,6 +2,7 @@
 same kernel body that Triton compiles on a GPU."""
 
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
@@ -63,18 +64,27 @@ def test_custom_vjp_has_the_value_and_gradients_of_plain_autodiff():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_the_model_runs_the_kernel_only_when_asked(tiny_config):
+def test_the_model_runs_the_kernel_only_when_asked_with_its_tile(tiny_config):
     ids = jnp.ones((2, 16), jnp.int32)
     mask = jnp.ones((2, 16), jnp.int32)
 
-    def kernel_calls(cfg):
+    def traced(cfg) -> str:  # the backward pass's program, as text
         model = HybridRewardModel(cfg)
         params = jax.eval_shape(model.init, jax.random.PRNGKey(0), ids, mask, mask)
         grad = jax.grad(lambda p: jnp.sum(model.apply(p, ids, mask, with_logprobs=False)[0]))
-        return str(jax.make_jaxpr(grad)(params)).count("mlp_gate_up_gradients")
+        return str(jax.make_jaxpr(grad)(params))
 
-    assert kernel_calls(tiny_config) == 0
-    assert kernel_calls(dataclasses.replace(tiny_config, mlp_kernel="pallas")) > 0
+    def launches(program: str) -> set[str]:
+        return set(re.findall(r"grid=\([^)]*\)|num_warps=\d+|num_stages=\d+", program))
+
+    assert traced(tiny_config).count("mlp_gate_up_gradients") == 0
+    default = traced(dataclasses.replace(tiny_config, mlp_kernel="pallas"))
+    assert default.count("mlp_gate_up_gradients") > 0
+    # 32 rows, an MLP 64 wide: the default 128 x 128 blocks shrink to one 32 x 64 program
+    assert launches(default) == {"grid=(1, 1)", "num_warps=8", "num_stages=3"}
+    tiled = traced(dataclasses.replace(tiny_config, mlp_kernel="pallas",
+                                       mlp_blocks=(16, 16, 16, 4, 2)))
+    assert launches(tiled) == {"grid=(2, 4)", "num_warps=4", "num_stages=2"}
 
 
 @pytest.mark.parametrize("change, refused", [
@@ -104,6 +114,8 @@ def test_blocks_must_be_triton_tiles():
     with pytest.raises(ValueError, match="rows x mlp x depth"):
         MlpBlocks.from_tile("128x128")
     assert MlpBlocks.from_tile("64x128x32", warps=4).tile == "64x128x32"
+    with pytest.raises(ValueError, match=r"mlp_blocks=\(48, 128, 64\): .*power of two"):
+        dataclasses.replace(PRESETS["tiny"], mlp_blocks=(48, 128, 64))
 
 
 def test_refused_on_a_mesh_that_splits_the_mlp():
