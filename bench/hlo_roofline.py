@@ -151,7 +151,9 @@ def _sliced_reads(name: str, users: dict) -> list[int] | None:
 
 def _fusion_bytes(call: Instruction, body: list[Instruction], shapes: dict[str, str]) -> int:
     """Bytes a fusion moves: its result and operands, an operand only sliced counted as its
-    slices, and an in-place dynamic-update-slice as its update alone."""
+    slices, and an in-place dynamic-update-slice or scatter as its update alone (XLA writes
+    both into their operand's buffer where nothing else reads it, as it does for the LM head's
+    d_logits and the embedding's gradient)."""
     params = {int(i.arguments): i.name for i in body if i.op == "parameter"}
     users = collections.defaultdict(list)
     for instruction in body:
@@ -160,10 +162,10 @@ def _fusion_bytes(call: Instruction, body: list[Instruction], shapes: dict[str, 
     total = 0
     in_place = set()
     root = body[-1] if body else None
-    if root is not None and root.op == "dynamic-update-slice" \
-            and root.operands[0] in params.values():
+    update = {"dynamic-update-slice": 1, "scatter": 2}.get(root.op) if root is not None else None
+    if update is not None and root.operands[0] in params.values():
         in_place.add(root.operands[0])
-        total += array_bytes(shapes.get(root.operands[1], root.shape))  # the update written
+        total += array_bytes(shapes.get(root.operands[update], root.shape))  # the update written
     else:
         total += array_bytes(call.shape)
     for position, operand in enumerate(call.operands):

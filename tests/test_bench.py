@@ -250,6 +250,32 @@ ENTRY %main (p0: f32[24,8,16]) -> bf16[8,16] {
 """
 
 
+# A fusion that sets 4 entries of a [4, 1000] bf16 buffer in place (the LM head's target
+# entries of d_logits): only the 4 updates are written.
+SCATTER_HLO = """HloModule m
+
+%set (a: bf16[], b: bf16[]) -> bf16[] {
+  %a = bf16[] parameter(0)
+  ROOT %b = bf16[] parameter(1)
+}
+
+%fused_scatter (param_0: bf16[4,1000], param_1: s32[4,2], param_2: f32[4]) -> bf16[4,1000] {
+  %param_0 = bf16[4,1000]{1,0} parameter(0)
+  %param_1 = s32[4,2]{1,0} parameter(1)
+  %param_2 = f32[4]{0} parameter(2)
+  %convert = bf16[4]{0} convert(%param_2)
+  ROOT %scatter = bf16[4,1000]{1,0} scatter(%param_0, %param_1, %convert), update_window_dims={}, inserted_window_dims={0,1}, scatter_dims_to_operand_dims={0,1}, index_vector_dim=1, to_apply=%set
+}
+
+ENTRY %main (p0: bf16[4,1000], p1: s32[4,2], p2: f32[4]) -> bf16[4,1000] {
+  %p0 = bf16[4,1000]{1,0} parameter(0)
+  %p1 = s32[4,2]{1,0} parameter(1)
+  %p2 = f32[4]{0} parameter(2)
+  ROOT %targets.1 = bf16[4,1000]{1,0} fusion(%p0, %p1, %p2), kind=kInput, calls=%fused_scatter
+}
+"""
+
+
 def test_roofline_counts_slices_and_in_place_updates_not_whole_buffers():
     from bench.hlo_roofline import array_bytes, program_kernels
 
@@ -259,6 +285,8 @@ def test_roofline_counts_slices_and_in_place_updates_not_whole_buffers():
     assert kernels["updated.3"].bytes == 40 + 40 + 4  # update written and read, the index
     (layer,) = program_kernels(CONVERT_THEN_SLICE_HLO)
     assert layer.bytes == 8 * 16 * 2 + 8 * 16 * 4  # bf16 result, one f32 layer read
+    (scatter,) = program_kernels(SCATTER_HLO)
+    assert scatter.bytes == 4 * 2 + 4 * 2 * 4 + 4 * 4  # bf16 updates written, indices, f32 read
 
 
 def test_profile_is_matched_to_the_program_kernels():

@@ -181,20 +181,38 @@ def _chunk_target_and_lse(static: HeadOptions, hidden, table, bias, targets):
     return target.reshape(targets.shape), lse.reshape(targets.shape)
 
 
-def _chunk_d_logits(static: HeadOptions, hidden, table, bias, targets, lse, coef):
+def _chunk_d_logits(static: HeadOptions, hidden, table, bias, targets, lse, coef, logprob,
+                    epilogue_rows):
     """d total / d logits of a chunk [batch, chunk, vocab'] in the compute dtype, and its sum
     over positions (d_bias [vocab'], float32; None without a bias), vocab' the table's (padded)
-    vocabulary. coef [batch, chunk]: d total / d log-prob."""
+    vocabulary. coef [batch, chunk]: d total / d log-prob; logprob [batch, chunk]: the forward's
+    target log-probs; epilogue_rows: (lse, -coef) as [batch * chunk] vectors that the loop's
+    carry hands over (see `_chunked_logprobs_bwd`).
+
+    With XLA's kernels, d_logits = -coef * softmax everywhere but at the target, computed as
+    the epilogue of the recompute matmul: XLA fuses the exponential, the scaling and the bf16
+    rounding into that matmul, whose float32 logits then never reach memory. It does so only for
+    a 2-D product whose row operands are plain loop values: a reshape of the product, a slice
+    or a negation of a row vector, or the one-hot compare (an iota) keep the epilogue a pass of
+    its own (seen in compiles for an H100). The target's entry, coef * (1 - p), is then written
+    in place from the forward's log-prob, with expm1: no cancellation against the one-hot.
+    """
     softcap, vocab_major, vocab, kernel_blocks = static
     if kernel_blocks is None:
-        logits = lm_logits(hidden, table, bias, softcap, vocab_major)
-        probs = jnp.exp(logits - lse[..., None])  # [batch, chunk, vocab] float32
-        is_target = jnp.arange(logits.shape[-1]) == targets[..., None]
-        d_logits = coef[..., None] * (is_target.astype(jnp.float32) - probs)
+        rows = hidden.reshape(-1, hidden.shape[-1])  # [n, hidden]
+        logits = lm_logits(rows, table, bias, softcap, vocab_major)  # [n, vocab] float32
+        row_lse, row_neg_coef = epilogue_rows
+        d_logits = jnp.exp(logits - row_lse[:, None]) * row_neg_coef[:, None]
         if softcap is not None:
             d_logits = d_logits * (1 - jnp.square(logits / softcap))  # through tanh
-        d_bias = None if bias is None else jnp.sum(d_logits, axis=(0, 1))
-        return d_logits.astype(hidden.dtype), d_bias
+        target_entry = coef * -jnp.expm1(logprob)  # [batch, chunk]
+        if softcap is not None:  # the target's capped logit is its log-prob + lse
+            target_entry = target_entry * (1 - jnp.square((logprob + lse) / softcap))
+        d_logits = d_logits.astype(hidden.dtype).at[
+            jnp.arange(rows.shape[0]), targets.reshape(-1)].set(
+            target_entry.reshape(-1).astype(hidden.dtype), unique_indices=True)
+        d_bias = None if bias is None else jnp.sum(d_logits, axis=0, dtype=jnp.float32)
+        return d_logits.reshape(*targets.shape, -1), d_bias
     d_logits, d_bias = logit_gradients(
         hidden.reshape(-1, hidden.shape[-1]), table, bias, targets.reshape(-1), lse.reshape(-1),
         coef.reshape(-1), vocab=vocab, vocab_major=vocab_major, softcap=softcap,
@@ -203,17 +221,21 @@ def _chunk_d_logits(static: HeadOptions, hidden, table, bias, targets, lse, coef
 
 
 def _chunked_forward(static, hidden, weight, bias, targets, weights, active_chunks):
-    """Summed log-probs [batch] and each position's log-normaliser [chunks, batch, chunk]."""
+    """Summed log-probs [batch], and each position's log-normaliser and target log-prob
+    [chunks, batch, chunk]."""
     _, batch, chunk, _ = hidden.shape
     table = _head_table(static, weight, hidden.dtype)
 
     def body(c, carry):
-        total, lse = carry
+        total, lse, logprob = carry
         target, chunk_lse = _chunk_target_and_lse(static, hidden[c], table, bias, targets[c])
-        total = total + jnp.sum((target - chunk_lse) * weights[c], axis=-1)
-        return total, jax.lax.dynamic_update_index_in_dim(lse, chunk_lse, c, 0)
+        chunk_logprob = target - chunk_lse
+        total = total + jnp.sum(chunk_logprob * weights[c], axis=-1)
+        return (total, jax.lax.dynamic_update_index_in_dim(lse, chunk_lse, c, 0),
+                jax.lax.dynamic_update_index_in_dim(logprob, chunk_logprob, c, 0))
 
-    init = (jnp.zeros((batch,), jnp.float32), jnp.zeros(hidden.shape[:3], jnp.float32))
+    per_position = jnp.zeros(hidden.shape[:3], jnp.float32)
+    init = (jnp.zeros((batch,), jnp.float32), per_position, per_position)
     return jax.lax.fori_loop(0, active_chunks, body, init)
 
 
@@ -225,19 +247,21 @@ def _chunked_logprobs(static, hidden, weight, bias, targets, weights, active_chu
 
     A custom VJP because the backward pass needs neither the forward's logits nor autodiff of
     its log-softmax: it recomputes a chunk's logits once, and d_logits is
-    g * weight * (onehot(target) - softmax), from the stored log-normalisers.
+    g * weight * (onehot(target) - softmax), from the stored log-normalisers and target
+    log-probs.
     """
     return _chunked_forward(static, hidden, weight, bias, targets, weights, active_chunks)[0]
 
 
 def _chunked_logprobs_fwd(static, hidden, weight, bias, targets, weights, active_chunks):
-    total, lse = _chunked_forward(static, hidden, weight, bias, targets, weights, active_chunks)
-    return total, (hidden, weight, bias, targets, weights, active_chunks, lse)
+    total, lse, logprob = _chunked_forward(static, hidden, weight, bias, targets, weights,
+                                           active_chunks)
+    return total, (hidden, weight, bias, targets, weights, active_chunks, lse, logprob)
 
 
 def _chunked_logprobs_bwd(static, residuals, g):
     vocab_major = static.vocab_major
-    hidden, weight, bias, targets, weights, active_chunks, lse = residuals
+    hidden, weight, bias, targets, weights, active_chunks, lse, logprob = residuals
     # the matrix in the compute dtype; with the kernels, padded to whole vocab blocks, as are
     # d_logits (0 in the padded columns), d_weight and d_bias until the loop ends
     table = _head_table(static, weight, hidden.dtype)
@@ -245,13 +269,21 @@ def _chunked_logprobs_bwd(static, residuals, g):
     d_hidden_spec, d_weight_spec = (("bkv,vd->bkd", "bkv,bkd->vd") if vocab_major
                                     else ("bkv,dv->bkd", "bkd,bkv->dv"))
 
+    def epilogue_rows(c):  # chunk c's (lse, -coef), [batch * chunk] each
+        coef = g[:, None] * jax.lax.dynamic_index_in_dim(weights, c, keepdims=False)
+        return (jax.lax.dynamic_index_in_dim(lse, c, keepdims=False).reshape(-1),
+                -coef.reshape(-1))
+
     def body(c, carry):
-        d_hidden, d_weight, d_bias = carry
+        # the epilogue's row vectors come in the carry, sliced one iteration ahead: sliced here
+        # they would keep XLA from fusing the softmax into the recompute matmul
+        d_hidden, d_weight, d_bias, rows = carry
         coef = g[:, None] * weights[c]  # d total / d log-prob, per position
         d_logits, chunk_d_bias = _chunk_d_logits(static, hidden[c], table, bias, targets[c],
-                                                 lse[c], coef)  # bf16 operand, f32 accumulation
+                                                 lse[c], coef, logprob[c], rows)
         if d_bias is not None:
             d_bias = d_bias + chunk_d_bias
+        # bf16 operands, float32 accumulation
         d_h = jnp.einsum(d_hidden_spec, d_logits, table, preferred_element_type=jnp.float32)
         operands = (d_logits, hidden[c]) if vocab_major else (hidden[c], d_logits)
         d_weight = d_weight + jnp.einsum(d_weight_spec, *operands,
@@ -259,12 +291,12 @@ def _chunked_logprobs_bwd(static, residuals, g):
         # lax's dynamic update, not `.at[c].set`: with the latter XLA copied the whole bf16
         # d_hidden buffer in every iteration (seen in the compiled HLO)
         d_hidden = jax.lax.dynamic_update_index_in_dim(d_hidden, d_h.astype(hidden.dtype), c, 0)
-        return d_hidden, d_weight, d_bias
+        return d_hidden, d_weight, d_bias, epilogue_rows(c + 1)  # clamped past the last chunk
 
     padded_vocab = table_vocab(table, vocab_major)
     init = (jnp.zeros_like(hidden), jnp.zeros(table.shape, jnp.float32),
-            None if bias is None else jnp.zeros((padded_vocab,), jnp.float32))
-    d_hidden, d_weight, d_bias = jax.lax.fori_loop(0, active_chunks, body, init)
+            None if bias is None else jnp.zeros((padded_vocab,), jnp.float32), epilogue_rows(0))
+    d_hidden, d_weight, d_bias, _ = jax.lax.fori_loop(0, active_chunks, body, init)
     d_weight = d_weight[:static.vocab] if vocab_major else d_weight[:, :static.vocab]
     return (d_hidden, d_weight.astype(weight.dtype),
             None if bias is None else d_bias[:static.vocab].astype(bias.dtype), None, None, None)

@@ -272,7 +272,8 @@ def test_tied_head_is_cast_once_per_pass_and_never_transposed():
     hidden, weight, ids, response = _random_head_inputs(8, 2, 16, dim, vocab, prompt=4,
                                                         dtype=jnp.bfloat16)
     embedding = weight.T  # [vocab, hidden], as the tied table is stored
-    grad = jax.grad(lambda h, w: jnp.sum(sequence_logprobs(h, w, ids, response, 4,
+    # chunks of 3 positions: a chunk's d_logits [2 * 3, vocab] must not look like the table
+    grad = jax.grad(lambda h, w: jnp.sum(sequence_logprobs(h, w, ids, response, 3,
                                                            vocab_major=True)), (0, 1))
     table = {(vocab, dim), (dim, vocab)}
     casts, transposes = [], []
