@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from hafrm_jax.model.config import (ATTENTION_IMPLS, LM_HEAD_KERNELS, MLP_KERNELS, REMAT_POLICIES,
-                                    LoraConfig, ModelConfig, check_blocks, preset)
-from hafrm_jax.model.head_kernel import HeadBlocks
-from hafrm_jax.model.mlp_kernel import MlpBlocks
+from hafrm_jax.model.config import (ATTENTION_IMPLS, KERNEL_BLOCKS, LM_HEAD_KERNELS, MLP_KERNELS,
+                                    REMAT_POLICIES, LoraConfig, ModelConfig, check_blocks, preset)
 from hafrm_jax.objective import METHODS, LossConfig, ObjectiveConfig
 from hafrm_jax.sharding import DEFAULT_RULES, MESH_AXES
 
@@ -206,10 +204,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"{', '.join(LM_HEAD_KERNELS)}")
     _require(m.mlp_kernel in MLP_KERNELS,
              f"model.mlp_kernel={m.mlp_kernel!r}: expected one of {', '.join(MLP_KERNELS)}")
-    for key, kind, tile in (("lm_head_blocks", HeadBlocks, "rows, vocab, depth"),
-                            ("mlp_blocks", MlpBlocks, "rows, mlp, depth")):
+    for key in KERNEL_BLOCKS:
         try:
-            check_blocks(key, tuple(m[key]), kind, tile)
+            check_blocks(key, tuple(m[key]))
         except ValueError as e:
             raise ConfigError(f"model.{e}") from None
     for key in ("dtype", "param_dtype"):

@@ -77,9 +77,15 @@ class LoraConfig:
         return tuple(dict.fromkeys(names))
 
 
-def check_blocks(field: str, blocks: tuple, kind: type, tile: str) -> None:
-    """A kernel's tile and launch options as a config field: `kind`'s fields in order, the
-    tile then optionally warps and stages. Raises ValueError naming the field."""
+# The config fields holding a Pallas kernel's tile and launch options: the blocks dataclass whose
+# fields they list in order (the tile, then optionally warps and stages), and the tile's axes.
+KERNEL_BLOCKS = {"lm_head_blocks": (HeadBlocks, "rows, vocab, depth"),
+                 "mlp_blocks": (MlpBlocks, "rows, mlp, depth")}
+
+
+def check_blocks(field: str, blocks: tuple) -> None:
+    """Raises ValueError, naming the KERNEL_BLOCKS `field`, on `blocks` its kernel cannot take."""
+    kind, tile = KERNEL_BLOCKS[field]
     if not 3 <= len(blocks) <= 5:
         raise ValueError(f"{field}={tuple(blocks)} must be {tile}[, warps, stages]")
     try:
@@ -172,13 +178,13 @@ class ModelConfig:
         if self.lm_head_kernel not in LM_HEAD_KERNELS:
             raise ValueError(f"unknown lm_head_kernel {self.lm_head_kernel!r}; expected one of "
                              f"{LM_HEAD_KERNELS}")
-        check_blocks("lm_head_blocks", self.lm_head_blocks, HeadBlocks, "rows, vocab, depth")
+        check_blocks("lm_head_blocks", self.lm_head_blocks)
         if self.lm_head_kernel == "pallas":
             check_hidden_size(self.hidden_size)
         if self.mlp_kernel not in MLP_KERNELS:
             raise ValueError(f"unknown mlp_kernel {self.mlp_kernel!r}; expected one of "
                              f"{MLP_KERNELS}")
-        check_blocks("mlp_blocks", self.mlp_blocks, MlpBlocks, "rows, mlp, depth")
+        check_blocks("mlp_blocks", self.mlp_blocks)
         if self.mlp_kernel == "pallas":
             self._check_mlp_kernel()
 
@@ -318,7 +324,7 @@ def from_dict(fields: dict) -> ModelConfig:
         fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
     if fields.get("layer_windows") is not None:
         fields["layer_windows"] = tuple(fields["layer_windows"])
-    for blocks in ("lm_head_blocks", "mlp_blocks"):
+    for blocks in KERNEL_BLOCKS:
         if blocks in fields:  # a JSON list
             fields[blocks] = tuple(fields[blocks])
     if fields.get("lora") is not None:

@@ -181,13 +181,12 @@ def _chunk_target_and_lse(static: HeadOptions, hidden, table, bias, targets):
     return target.reshape(targets.shape), lse.reshape(targets.shape)
 
 
-def _chunk_d_logits(static: HeadOptions, hidden, table, bias, targets, lse, coef, logprob,
-                    epilogue_rows):
+def _chunk_d_logits(static: HeadOptions, hidden, table, bias, targets, logprob, rows):
     """d total / d logits of a chunk [batch, chunk, vocab'] in the compute dtype, and its sum
     over positions (d_bias [vocab'], float32; None without a bias), vocab' the table's (padded)
-    vocabulary. coef [batch, chunk]: d total / d log-prob; logprob [batch, chunk]: the forward's
-    target log-probs; epilogue_rows: (lse, -coef) as [batch * chunk] vectors that the loop's
-    carry hands over (see `_chunked_logprobs_bwd`).
+    vocabulary. logprob [batch, chunk]: the forward's target log-probs; rows: the chunk's
+    (lse, -coef) as [batch * chunk] vectors, coef = d total / d log-prob, as the loop's carry
+    hands them over (see `_chunked_logprobs_bwd`).
 
     With XLA's kernels, d_logits = -coef * softmax everywhere but at the target, computed as
     the epilogue of the recompute matmul: XLA fuses the exponential, the scaling and the bf16
@@ -198,25 +197,25 @@ def _chunk_d_logits(static: HeadOptions, hidden, table, bias, targets, lse, coef
     in place from the forward's log-prob, with expm1: no cancellation against the one-hot.
     """
     softcap, vocab_major, vocab, kernel_blocks = static
+    row_lse, row_neg_coef = rows
+    hidden_rows = hidden.reshape(-1, hidden.shape[-1])  # [n, hidden]
     if kernel_blocks is None:
-        rows = hidden.reshape(-1, hidden.shape[-1])  # [n, hidden]
-        logits = lm_logits(rows, table, bias, softcap, vocab_major)  # [n, vocab] float32
-        row_lse, row_neg_coef = epilogue_rows
+        logits = lm_logits(hidden_rows, table, bias, softcap, vocab_major)  # [n, vocab] f32
         d_logits = jnp.exp(logits - row_lse[:, None]) * row_neg_coef[:, None]
         if softcap is not None:
             d_logits = d_logits * (1 - jnp.square(logits / softcap))  # through tanh
-        target_entry = coef * -jnp.expm1(logprob)  # [batch, chunk]
+        logprob = logprob.reshape(-1)
+        target_entry = row_neg_coef * jnp.expm1(logprob)  # coef * (1 - p), [n]
         if softcap is not None:  # the target's capped logit is its log-prob + lse
-            target_entry = target_entry * (1 - jnp.square((logprob + lse) / softcap))
+            target_entry = target_entry * (1 - jnp.square((logprob + row_lse) / softcap))
         d_logits = d_logits.astype(hidden.dtype).at[
-            jnp.arange(rows.shape[0]), targets.reshape(-1)].set(
-            target_entry.reshape(-1).astype(hidden.dtype), unique_indices=True)
+            jnp.arange(hidden_rows.shape[0]), targets.reshape(-1)].set(
+            target_entry.astype(hidden.dtype), unique_indices=True)
         d_bias = None if bias is None else jnp.sum(d_logits, axis=0, dtype=jnp.float32)
         return d_logits.reshape(*targets.shape, -1), d_bias
     d_logits, d_bias = logit_gradients(
-        hidden.reshape(-1, hidden.shape[-1]), table, bias, targets.reshape(-1), lse.reshape(-1),
-        coef.reshape(-1), vocab=vocab, vocab_major=vocab_major, softcap=softcap,
-        blocks=kernel_blocks)
+        hidden_rows, table, bias, targets.reshape(-1), row_lse, -row_neg_coef, vocab=vocab,
+        vocab_major=vocab_major, softcap=softcap, blocks=kernel_blocks)
     return d_logits.reshape(*targets.shape, d_logits.shape[-1]), d_bias
 
 
@@ -269,18 +268,17 @@ def _chunked_logprobs_bwd(static, residuals, g):
     d_hidden_spec, d_weight_spec = (("bkv,vd->bkd", "bkv,bkd->vd") if vocab_major
                                     else ("bkv,dv->bkd", "bkd,bkv->dv"))
 
-    def epilogue_rows(c):  # chunk c's (lse, -coef), [batch * chunk] each
+    def chunk_rows(c):  # chunk c's (lse, -coef), [batch * chunk] each
         coef = g[:, None] * jax.lax.dynamic_index_in_dim(weights, c, keepdims=False)
         return (jax.lax.dynamic_index_in_dim(lse, c, keepdims=False).reshape(-1),
                 -coef.reshape(-1))
 
     def body(c, carry):
-        # the epilogue's row vectors come in the carry, sliced one iteration ahead: sliced here
-        # they would keep XLA from fusing the softmax into the recompute matmul
+        # the row vectors come in the carry, sliced one iteration ahead: sliced here they would
+        # keep XLA from fusing the softmax into the recompute matmul (`_chunk_d_logits`)
         d_hidden, d_weight, d_bias, rows = carry
-        coef = g[:, None] * weights[c]  # d total / d log-prob, per position
         d_logits, chunk_d_bias = _chunk_d_logits(static, hidden[c], table, bias, targets[c],
-                                                 lse[c], coef, logprob[c], rows)
+                                                 logprob[c], rows)
         if d_bias is not None:
             d_bias = d_bias + chunk_d_bias
         # bf16 operands, float32 accumulation
@@ -291,11 +289,11 @@ def _chunked_logprobs_bwd(static, residuals, g):
         # lax's dynamic update, not `.at[c].set`: with the latter XLA copied the whole bf16
         # d_hidden buffer in every iteration (seen in the compiled HLO)
         d_hidden = jax.lax.dynamic_update_index_in_dim(d_hidden, d_h.astype(hidden.dtype), c, 0)
-        return d_hidden, d_weight, d_bias, epilogue_rows(c + 1)  # clamped past the last chunk
+        return d_hidden, d_weight, d_bias, chunk_rows(c + 1)  # clamped past the last chunk
 
     padded_vocab = table_vocab(table, vocab_major)
     init = (jnp.zeros_like(hidden), jnp.zeros(table.shape, jnp.float32),
-            None if bias is None else jnp.zeros((padded_vocab,), jnp.float32), epilogue_rows(0))
+            None if bias is None else jnp.zeros((padded_vocab,), jnp.float32), chunk_rows(0))
     d_hidden, d_weight, d_bias, _ = jax.lax.fori_loop(0, active_chunks, body, init)
     d_weight = d_weight[:static.vocab] if vocab_major else d_weight[:, :static.vocab]
     return (d_hidden, d_weight.astype(weight.dtype),
