@@ -11,6 +11,7 @@ The tokenizer and chat template come from the file's metadata, through transform
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -44,6 +45,16 @@ def is_gguf(path: str) -> bool:
 
 
 def _reader(path: str):
+    """The file's GGUFReader, parsed once per process for an unchanged file: parsing reads every
+    metadata field (SmolLM2's vocabulary and merges, ~4 s), and a run reads the config and then
+    the weights from the same file. The reader is a read-only memory map."""
+    stat = os.stat(path)
+    return _parsed_reader(os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_reader(path: str, mtime_ns: int, size: int):
+    del mtime_ns, size  # in the cache key only: a rewritten file is parsed again
     try:
         import gguf
     except ImportError as e:

@@ -106,6 +106,10 @@ def test_gguf_metadata_rope_scaling_and_head_dim_match_transformers(tmp_path):
         "rope_freqs.weight": np.ones(8, np.float32)})
     with pytest.raises(ValueError, match="rope_freqs.weight"):
         gguf_model_config(freqs)
+    # a file parsed once is parsed again when rewritten (the reader is cached per process)
+    assert gguf_model_config(path).rope_scaling.factor == 4.0
+    rewritten = write_gguf(model, tmp_path / "a.gguf")  # other fields: another layout
+    assert gguf_model_config(rewritten).rope_scaling is None
 
 
 def test_missing_package_gives_the_install_command(monkeypatch):
