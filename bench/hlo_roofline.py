@@ -37,15 +37,21 @@ _FREE = {"parameter", "get-tuple-element", "bitcast", "tuple", "constant", "afte
 _SLICING = {"dynamic-slice", "slice", "gather"}
 
 
+def array_shapes(shape: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(dtype, dims) of every array in an HLO shape string, in order: one for an array
+    ('bf16[2048,896]{1,0}' -> [('bf16', (2048, 896))]), a tuple's elements for a tuple."""
+    return [(dtype, tuple(int(d) for d in dims.split(",") if d))
+            for dtype, dims in _ARRAY.findall(shape)]
+
+
 def array_bytes(shape: str) -> int:
     """Bytes of every array in an HLO shape string (a tuple's elements summed)."""
-    return sum(math.prod(int(d) for d in dims.split(",") if d) * DTYPE_BYTES[dtype]
-               for dtype, dims in _ARRAY.findall(shape))
+    return sum(math.prod(dims) * DTYPE_BYTES[dtype] for dtype, dims in array_shapes(shape))
 
 
 def _dims(shape: str) -> list[int]:
-    found = _ARRAY.search(shape)
-    return [int(d) for d in found.group(2).split(",") if d] if found else []
+    arrays = array_shapes(shape)
+    return list(arrays[0][1]) if arrays else []
 
 
 @dataclasses.dataclass

@@ -1,8 +1,11 @@
 """Builders shared by tests: a real subword tokenizer and a tiny pretrained-style checkpoint,
-made offline from the HH-RLHF sample and our own exporter."""
+made offline from the HH-RLHF sample and our own exporter; and bench/gpu_compile.py's output."""
 
 import gzip
 import json
+import pathlib
+import subprocess
+import sys
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -55,3 +58,12 @@ def dot_operand_types(fn, *args) -> list[tuple[str, str]]:
     pattern = re.compile(r"stablehlo\.dot_general.*:\s*\((tensor<[^>]*>), (tensor<[^>]*>)\)")
     return [m.groups() for m in map(pattern.search, hlo.splitlines()) if m]
 
+
+def gpu_compile(*flags: str) -> str:
+    """stdout of `python bench/gpu_compile.py *flags` from the repository root (a subprocess:
+    its JAX_PLATFORMS and compile-only setup stay out of the test's process)."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "bench/gpu_compile.py", *flags], cwd=root,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout

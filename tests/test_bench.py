@@ -10,6 +10,7 @@ import pytest
 
 from bench.train_step import step_flops
 from hafrm_jax.model.config import PRESETS
+from tests.helpers import gpu_compile
 
 
 def test_flops_formula_matches_the_pytorch_anchor():
@@ -425,14 +426,6 @@ def _needs_libtpu():
                     "for the TPU compile tests)")
 
 
-def _gpu_compile(*flags):
-    root = pathlib.Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "bench/gpu_compile.py", *flags], cwd=root,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
-
-
 def test_the_step_compiles_for_tpu_slices_of_one_and_several_hosts():
     """libtpu's compiler, without a TPU: the step sharded over a v5e-4 (one host) and a v5e-16
     (four hosts, the whole job's program compiled here), with the peak per chip."""
@@ -442,7 +435,7 @@ def test_the_step_compiles_for_tpu_slices_of_one_and_several_hosts():
     from bench.gpu_compile import compile_case, tpu_mesh
     from bench.train_step import Case
 
-    out = _gpu_compile("--tpu=v5e:2x2", "--pairs=4", "--dtype=float32",
+    out = gpu_compile("--tpu=v5e:2x2", "--pairs=4", "--dtype=float32",
                        "--cases=tiny:haf:64,tiny:baseline:64+remat=dots+unroll=1")
     assert "# v5e:2x2: 4 x TPU v5 lite" in out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| tiny:")]
@@ -468,7 +461,7 @@ def test_a_step_larger_than_a_tpu_chip_is_reported_and_stops_the_memory_check():
     the refusal into its advice."""
     _needs_libtpu()
     spec = "qwen2.5-0.5b:haf:512+remat=dots+unroll=1"
-    out = _gpu_compile("--tpu=v5e:1x1", "--pairs=16", f"--cases={spec}")
+    out = gpu_compile("--tpu=v5e:1x1", "--pairs=16", f"--cases={spec}")
     assert f"| {spec} | does not fit:" in out and "HBM" in out
 
     import argparse

@@ -10,12 +10,10 @@ plugin; `.ci/run` installs it under the GPU machines' jax and runs them (`-m cud
 """
 
 import importlib.util
-import pathlib
-import re
-import subprocess
-import sys
 
 import pytest
+
+from tests.helpers import gpu_compile
 
 pytestmark = pytest.mark.cuda_compile
 
@@ -47,12 +45,12 @@ def _compiled_kernels(fn, *shapes):
         return program_kernels(jax.jit(fn).lower(*args).compile().as_text())
 
 
-def _shape_dims(shape: str) -> tuple[str, tuple[int, ...]]:
-    """('f32', (2048, 151936)) of 'f32[2048,151936]{1,0}'; ('', ()) for a tuple result."""
-    found = re.fullmatch(r"(\w+)\[([\d,]*)\](\{[\d,]*\})?", shape)
-    if not found:
-        return "", ()
-    return found[1], tuple(int(d) for d in found[2].split(",") if d)
+def _result(kernel) -> tuple[str, tuple[int, ...]] | None:
+    """(dtype, dims) of a kernel's array result; None for a tuple of results."""
+    from bench.hlo_roofline import array_shapes
+
+    arrays = array_shapes(kernel.shape)
+    return arrays[0] if len(arrays) == 1 else None
 
 
 # Qwen2.5-0.5B's head on the bench's batch: 16 sequences x 1,024, the second half scored.
@@ -82,8 +80,8 @@ def test_the_heads_backward_softmax_is_the_epilogue_of_its_recompute_matmul(layo
         (jnp.float32, (VOCAB, HIDDEN) if tied else (HIDDEN, VOCAB)),
         None if tied else (jnp.float32, (VOCAB,)),
         (jnp.int32, (SEQUENCES, SEQ)), (jnp.int32, (SEQUENCES, SEQ)))
-    logits_sized = [(k.category, *_shape_dims(k.shape)) for k in kernels
-                    if _shape_dims(k.shape)[1] == (ROWS, VOCAB)]
+    logits_sized = [(k.category, *_result(k)) for k in kernels
+                    if _result(k) and _result(k)[1] == (ROWS, VOCAB)]
     assert sorted(logits_sized) == [
         ("matmul", "bf16", (ROWS, VOCAB)),  # the backward's recompute, softmax as its epilogue
         ("matmul", "f32", (ROWS, VOCAB)),  # the forward's logits
@@ -103,7 +101,7 @@ def test_the_head_kernels_never_write_float32_logits():
         (jnp.float32, (VOCAB, HIDDEN)), (jnp.int32, (SEQUENCES, SEQ)),
         (jnp.int32, (SEQUENCES, SEQ)))
     assert any(k.kind.startswith("__gpu$xla.gpu.triton") for k in kernels)
-    assert not [k.shape for k in kernels if _shape_dims(k.shape) == ("f32", (ROWS, VOCAB))]
+    assert not [k.shape for k in kernels if _result(k) == ("f32", (ROWS, VOCAB))]
 
 
 def test_the_mlp_kernel_writes_the_gate_up_gradients_from_its_matmul():
@@ -128,11 +126,11 @@ def test_the_mlp_kernel_writes_the_gate_up_gradients_from_its_matmul():
 
     stacked = ("bf16", (rows, 2, mlp))
     xla = backward_kernels(False)
-    assert [k.category for k in xla if _shape_dims(k.shape) == stacked] == ["elementwise"]
+    assert [k.category for k in xla if _result(k) == stacked] == ["elementwise"]
     kernel = backward_kernels(True)
     triton = [k for k in kernel if k.kind.startswith("__gpu$xla.gpu.triton")]
-    assert [_shape_dims(k.shape) for k in triton] == [("bf16", (rows, 2 * mlp))], triton
-    assert not [k for k in kernel if _shape_dims(k.shape) == stacked]
+    assert [_result(k) for k in triton] == [("bf16", (rows, 2 * mlp))], triton
+    assert not [k for k in kernel if _result(k) == stacked]
 
 
 # bench/RESULTS.md round 14 (jax 0.11.2, 4.8 TB/s and 620.8 TFLOP/s): predicted peak GiB and
@@ -154,15 +152,11 @@ def test_the_05b_haf_step_keeps_its_recorded_peak_and_bound():
     if jax.__version__ != RECORDED_WITH:
         pytest.skip(f"the recorded figures are jax {RECORDED_WITH}'s compiler's (this is "
                     f"{jax.__version__}): .ci/run checks them in its jax {RECORDED_WITH} venv")
-    root = pathlib.Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "bench/gpu_compile.py", "--top=0", "--bandwidth-tb-s=4.8",
-         "--peak-tflops=620.8", "--cases=" + ",".join(RECORDED)],
-        cwd=root, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = gpu_compile("--top=0", "--bandwidth-tb-s=4.8", "--peak-tflops=620.8",
+                      "--cases=" + ",".join(RECORDED))
     for case, (peak_gib, bound_ms) in RECORDED.items():
-        row = next((line.split(" | ") for line in out.stdout.splitlines()
+        row = next((line.split(" | ") for line in out.splitlines()
                     if line.startswith(f"| {case} |")), None)
-        assert row is not None, out.stdout[-3000:]
+        assert row is not None, out[-3000:]
         assert float(row[1]) <= peak_gib + 0.2, (case, row)
         assert float(row[2]) <= bound_ms * 1.01, (case, row)
