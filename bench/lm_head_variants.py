@@ -8,7 +8,11 @@ each a scalar function `f(hidden, weight, input_ids, response_mask, chunk)` of a
   Triton on NVIDIA GPUs: the logits reduced where they are computed, never written);
 - stored: every response position at once, the float32 logits kept from the forward pass for
   the backward (no recompute; +batch x positions x vocab x 4 bytes of memory). Not in the
-  library: the floor of what XLA's kernels do with the head when nothing is recomputed.
+  library: the floor of what XLA's kernels do with the head when nothing is recomputed;
+- chunked_stored: the library's chunk loop with each chunk's float32 logits kept for the
+  backward pass instead of recomputed. The loop's count of chunks is traced, so the buffer is
+  sized for every chunk and zeroed, and the forward's matmul cannot write into a slice of it:
+  both cost more than the recompute they save (bench/RESULTS.md, round 16). Not in the library.
 
 bench/lm_head_compile.py compiles them for an H100 on any machine (peak memory, roofline);
 bench/lm_head_sweep.py times them on the local device.
@@ -22,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from hafrm_jax.model.head_kernel import HeadBlocks
-from hafrm_jax.model.readout import max_and_sum_exp, sequence_logprobs
+from hafrm_jax.model.readout import (lm_logits, max_and_sum_exp, scored_first_chunks,
+                                     sequence_logprobs)
 
 
 def chunked(hidden, weight, input_ids, response_mask, chunk, kernel_blocks=None):
@@ -73,7 +78,81 @@ def stored(hidden, weight, input_ids, response_mask, chunk, kernel_blocks=None):
     return _stored_logprobs(rows, weight, input_ids[:, half:].reshape(-1))
 
 
-VARIANTS = {"chunked": chunked, "kernels": kernels, "stored": stored}
+def _stored_chunks_forward(hidden, table, targets, weights, active_chunks):
+    """The chunk loop's forward pass, keeping each chunk's logits: (summed log-probs [batch],
+    log-normalisers and target log-probs [chunks, batch, chunk], logits [chunks, rows, vocab])."""
+    chunks, batch, chunk, _ = hidden.shape
+
+    def body(c, carry):
+        total, lse, logprob, kept = carry
+        logits = lm_logits(hidden[c].reshape(batch * chunk, -1), table, vocab_major=True)
+        kept = jax.lax.dynamic_update_index_in_dim(kept, logits, c, 0)
+        m, s = max_and_sum_exp(logits)
+        chunk_lse = (m + jnp.log(s)).reshape(batch, chunk)
+        target = jnp.take_along_axis(logits, targets[c].reshape(-1, 1), axis=-1)
+        chunk_logprob = target.reshape(batch, chunk) - chunk_lse
+        total = total + jnp.sum(chunk_logprob * weights[c], axis=-1)
+        return (total, jax.lax.dynamic_update_index_in_dim(lse, chunk_lse, c, 0),
+                jax.lax.dynamic_update_index_in_dim(logprob, chunk_logprob, c, 0), kept)
+
+    per_position = jnp.zeros(hidden.shape[:3], jnp.float32)
+    kept = jnp.zeros((chunks, batch * chunk, table.shape[0]), jnp.float32)  # every chunk's room
+    return jax.lax.fori_loop(0, active_chunks, body, (jnp.zeros((batch,), jnp.float32),
+                                                      per_position, per_position, kept))
+
+
+@jax.custom_vjp
+def _stored_chunks(hidden, weight, targets, weights, active_chunks):
+    return _stored_chunks_fwd(hidden, weight, targets, weights, active_chunks)[0]
+
+
+def _stored_chunks_fwd(hidden, weight, targets, weights, active_chunks):
+    total, lse, logprob, kept = _stored_chunks_forward(hidden, weight.astype(hidden.dtype),
+                                                       targets, weights, active_chunks)
+    return total, (hidden, weight, targets, weights, active_chunks, lse, logprob, kept)
+
+
+def _stored_chunks_bwd(residuals, g):
+    """As the library's backward pass, d_logits = -coef * softmax off the target and
+    coef * (1 - p) at it, read from the kept logits instead of a recompute matmul."""
+    hidden, weight, targets, weights, active_chunks, lse, logprob, kept = residuals
+    table = weight.astype(hidden.dtype)
+    chunks, batch, chunk, width = hidden.shape
+    rows = batch * chunk
+
+    def body(c, carry):
+        d_hidden, d_weight = carry
+        neg_coef = -(g[:, None] * weights[c]).reshape(-1)
+        logits = jax.lax.dynamic_index_in_dim(kept, c, keepdims=False)  # [rows, vocab]
+        d_logits = jnp.exp(logits - lse[c].reshape(-1, 1)) * neg_coef[:, None]
+        target_entry = neg_coef * jnp.expm1(logprob[c].reshape(-1))
+        d_logits = d_logits.astype(hidden.dtype).at[jnp.arange(rows), targets[c].reshape(-1)].set(
+            target_entry.astype(hidden.dtype), unique_indices=True)
+        d_h = jnp.einsum("nv,vd->nd", d_logits, table, preferred_element_type=jnp.float32)
+        d_weight = d_weight + jnp.einsum("nv,nd->vd", d_logits, hidden[c].reshape(rows, width),
+                                         preferred_element_type=jnp.float32)
+        d_hidden = jax.lax.dynamic_update_index_in_dim(
+            d_hidden, d_h.astype(hidden.dtype).reshape(batch, chunk, width), c, 0)
+        return d_hidden, d_weight
+
+    init = (jnp.zeros_like(hidden), jnp.zeros(table.shape, jnp.float32))
+    d_hidden, d_weight = jax.lax.fori_loop(0, active_chunks, body, init)
+    return d_hidden, d_weight.astype(weight.dtype), None, None, None
+
+
+_stored_chunks.defvjp(_stored_chunks_fwd, _stored_chunks_bwd)
+
+
+def chunked_stored(hidden, weight, input_ids, response_mask, chunk, kernel_blocks=None):
+    """The library's chunks, their logits kept for the backward pass (summed over the batch)."""
+    del kernel_blocks
+    hidden, targets, weights, active_chunks = scored_first_chunks(hidden, input_ids,
+                                                                  response_mask, chunk)
+    return jnp.sum(_stored_chunks(hidden, weight, targets, weights, active_chunks))
+
+
+VARIANTS = {"chunked": chunked, "kernels": kernels, "stored": stored,
+            "chunked_stored": chunked_stored}
 
 
 

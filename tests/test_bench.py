@@ -492,8 +492,9 @@ def test_sharded_step_counts_the_bytes_of_each_collective():
 
 
 def test_lm_head_variants_compute_the_same_log_probs_and_gradients():
-    """The head benchmarks' stored-logits variant (the library's chunked log-prob sum with
-    nothing recomputed) and its kernels variant: same value and gradients (float32, CPU)."""
+    """The head benchmarks' variants (stored logits, the library's chunks with their logits kept,
+    the library's kernels) against the library's chunked log-prob sum: same value and gradients
+    (float32, CPU)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -508,7 +509,8 @@ def test_lm_head_variants_compute_the_same_log_probs_and_gradients():
     response = jnp.zeros((sequences, seq), jnp.int32).at[:, seq // 2:].set(1)
     results = [jax.value_and_grad(lambda h, w, f=f: f(h, w, ids, response, 4),
                                   argnums=(0, 1))(hidden, weight)
-               for f in (VARIANTS["chunked"], VARIANTS["stored"], VARIANTS["kernels"])]
+               for f in (VARIANTS["chunked"], VARIANTS["stored"], VARIANTS["chunked_stored"],
+                         VARIANTS["kernels"])]
     (value_a, (dh_a, dw_a)), *others = results
     for value_b, (dh_b, dw_b) in others:
         np.testing.assert_allclose(value_a, value_b, rtol=1e-5)

@@ -101,6 +101,22 @@ def sequence_logprobs(
       kernel_blocks: tiles of the Pallas kernels (`head_kernel`) that reduce each chunk's
         logits where they are computed; None: XLA's kernels, which write them.
     """
+    hidden, targets, weights, active_chunks = scored_first_chunks(hidden, input_ids,
+                                                                  response_mask, chunk_size)
+    static = HeadOptions(softcap, vocab_major, table_vocab(lm_weight, vocab_major), kernel_blocks)
+    return _chunked_logprobs(static, hidden, lm_weight, lm_bias, targets, weights,
+                             active_chunks)
+
+
+def scored_first_chunks(hidden: jax.Array, input_ids: jax.Array, response_mask: jax.Array,
+                        chunk_size: int):
+    """The chunk loops' inputs: each row's scored positions (those predicting a response token)
+    moved to the front in order by a stable sort, then cut into chunks of `chunk_size`.
+
+    Returns hidden [chunks, batch, chunk, hidden], targets and weights [chunks, batch, chunk],
+    and active_chunks, a traced count of the chunks that hold a scored position (the rest are
+    never computed).
+    """
     batch, seq, _ = hidden.shape
     targets, weights = next_token_targets(input_ids, response_mask)
     order = jnp.argsort(weights == 0, axis=-1, stable=True)  # [batch, seq]: scored first
@@ -119,9 +135,7 @@ def sequence_logprobs(
 
     scored = jnp.max(jnp.sum(weights != 0, axis=-1))
     active_chunks = (scored + chunk_size - 1) // chunk_size  # chunks holding a scored position
-    static = HeadOptions(softcap, vocab_major, table_vocab(lm_weight, vocab_major), kernel_blocks)
-    return _chunked_logprobs(static, to_chunks(hidden), lm_weight, lm_bias,
-                             to_chunks(targets), to_chunks(weights), active_chunks)
+    return to_chunks(hidden), to_chunks(targets), to_chunks(weights), active_chunks
 
 
 def max_and_sum_exp(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
