@@ -8,7 +8,8 @@ where HaF's cost over the plain reward model lies, and what a change to it could
 Variants (bench/lm_head_variants.py), on the bench's batch (16 sequences x 1,024 positions,
 the second half response): chunked (the library's, XLA's kernels), kernels (the library's with
 its Pallas head kernels; `--tile` sets their tile), stored (float32 logits kept, nothing
-recomputed). bench/lm_head_sweep.py times them on a GPU.
+recomputed), chunked_stored (the library's chunks, their logits kept). bench/lm_head_sweep.py
+times them on a GPU.
 
 Needs the CUDA plugin, as bench/gpu_compile.py (whose H100 description and roofline it uses).
 """
