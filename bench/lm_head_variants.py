@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from hafrm_jax.model.head_kernel import HeadBlocks
-from hafrm_jax.model.readout import (lm_logits, max_and_sum_exp, scored_first_chunks,
-                                     sequence_logprobs)
+from hafrm_jax.model.readout import (lm_logits, logit_cotangents, max_and_sum_exp,
+                                     scored_first_chunks, sequence_logprobs, target_and_lse)
 
 
 def chunked(hidden, weight, input_ids, response_mask, chunk, kernel_blocks=None):
@@ -87,10 +87,8 @@ def _stored_chunks_forward(hidden, table, targets, weights, active_chunks):
         total, lse, logprob, kept = carry
         logits = lm_logits(hidden[c].reshape(batch * chunk, -1), table, vocab_major=True)
         kept = jax.lax.dynamic_update_index_in_dim(kept, logits, c, 0)
-        m, s = max_and_sum_exp(logits)
-        chunk_lse = (m + jnp.log(s)).reshape(batch, chunk)
-        target = jnp.take_along_axis(logits, targets[c].reshape(-1, 1), axis=-1)
-        chunk_logprob = target.reshape(batch, chunk) - chunk_lse
+        target, chunk_lse = target_and_lse(logits.reshape(batch, chunk, -1), targets[c])
+        chunk_logprob = target - chunk_lse
         total = total + jnp.sum(chunk_logprob * weights[c], axis=-1)
         return (total, jax.lax.dynamic_update_index_in_dim(lse, chunk_lse, c, 0),
                 jax.lax.dynamic_update_index_in_dim(logprob, chunk_logprob, c, 0), kept)
@@ -113,8 +111,8 @@ def _stored_chunks_fwd(hidden, weight, targets, weights, active_chunks):
 
 
 def _stored_chunks_bwd(residuals, g):
-    """As the library's backward pass, d_logits = -coef * softmax off the target and
-    coef * (1 - p) at it, read from the kept logits instead of a recompute matmul."""
+    """The library's backward pass (`logit_cotangents`), from the kept logits instead of a
+    recompute matmul."""
     hidden, weight, targets, weights, active_chunks, lse, logprob, kept = residuals
     table = weight.astype(hidden.dtype)
     chunks, batch, chunk, width = hidden.shape
@@ -122,12 +120,10 @@ def _stored_chunks_bwd(residuals, g):
 
     def body(c, carry):
         d_hidden, d_weight = carry
-        neg_coef = -(g[:, None] * weights[c]).reshape(-1)
         logits = jax.lax.dynamic_index_in_dim(kept, c, keepdims=False)  # [rows, vocab]
-        d_logits = jnp.exp(logits - lse[c].reshape(-1, 1)) * neg_coef[:, None]
-        target_entry = neg_coef * jnp.expm1(logprob[c].reshape(-1))
-        d_logits = d_logits.astype(hidden.dtype).at[jnp.arange(rows), targets[c].reshape(-1)].set(
-            target_entry.astype(hidden.dtype), unique_indices=True)
+        row_vectors = (lse[c].reshape(-1), -(g[:, None] * weights[c]).reshape(-1))
+        d_logits = logit_cotangents(logits, row_vectors, logprob[c].reshape(-1),
+                                    targets[c].reshape(-1), None, hidden.dtype)
         d_h = jnp.einsum("nv,vd->nd", d_logits, table, preferred_element_type=jnp.float32)
         d_weight = d_weight + jnp.einsum("nv,nd->vd", d_logits, hidden[c].reshape(rows, width),
                                          preferred_element_type=jnp.float32)

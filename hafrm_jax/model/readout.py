@@ -179,14 +179,43 @@ def _head_table(static: HeadOptions, weight: jax.Array, dtype) -> jax.Array:
     return pad_table(table, static.vocab_major, static.kernel_blocks)
 
 
+def target_and_lse(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """float32 logits [..., vocab] and target ids [...] -> (target logits, log-normalisers), [...]
+    each, in one reduction over the logits (`max_and_sum_exp`)."""
+    chunk_max, chunk_sum = max_and_sum_exp(logits)
+    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return target, chunk_max + jnp.log(chunk_sum)
+
+
+def logit_cotangents(logits: jax.Array, rows: tuple[jax.Array, jax.Array], logprob: jax.Array,
+                     targets: jax.Array, softcap: float | None, dtype) -> jax.Array:
+    """d total / d logits [n, vocab] in `dtype` from a chunk's float32 logits [n, vocab] (soft-
+    capped where the head is): -coef * softmax everywhere but at the target, whose entry,
+    coef * (1 - p), is set in place from the forward's target log-prob [n] with expm1, so it
+    does not cancel against a one-hot. rows: (lse, -coef) as [n] vectors; targets [n].
+
+    Where `logits` is a matmul's result, XLA fuses the exponential, the scaling and the rounding
+    into that matmul (its float32 logits then never reach memory), but only for a 2-D product
+    whose row operands are plain loop values: a reshape of the product, a slice or a negation of
+    a row vector, or a one-hot compare (an iota) keep the epilogue a pass of its own (seen in
+    compiles for an H100; tests/test_gpu_compile.py).
+    """
+    row_lse, row_neg_coef = rows
+    d_logits = jnp.exp(logits - row_lse[:, None]) * row_neg_coef[:, None]
+    if softcap is not None:
+        d_logits = d_logits * (1 - jnp.square(logits / softcap))  # through tanh
+    target_entry = row_neg_coef * jnp.expm1(logprob)  # coef * (1 - p), [n]
+    if softcap is not None:  # the target's capped logit is its log-prob + lse
+        target_entry = target_entry * (1 - jnp.square((logprob + row_lse) / softcap))
+    return d_logits.astype(dtype).at[jnp.arange(logits.shape[0]), targets].set(
+        target_entry.astype(dtype), unique_indices=True)
+
+
 def _chunk_target_and_lse(static: HeadOptions, hidden, table, bias, targets):
     """A chunk's target logits and log-normalisers, [batch, chunk] float32 each."""
     softcap, vocab_major, vocab, kernel_blocks = static
     if kernel_blocks is None:  # XLA: the chunk's float32 logits are written, then reduced
-        logits = lm_logits(hidden, table, bias, softcap, vocab_major)  # [b, k, vocab]
-        chunk_max, chunk_sum = max_and_sum_exp(logits)
-        target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        return target, chunk_max + jnp.log(chunk_sum)
+        return target_and_lse(lm_logits(hidden, table, bias, softcap, vocab_major), targets)
     rows = hidden.reshape(-1, hidden.shape[-1])  # [b * k, hidden]
     lse = log_normalisers(rows, table, bias, vocab=vocab, vocab_major=vocab_major,
                           softcap=softcap, blocks=kernel_blocks)
@@ -202,31 +231,18 @@ def _chunk_d_logits(static: HeadOptions, hidden, table, bias, targets, logprob, 
     (lse, -coef) as [batch * chunk] vectors, coef = d total / d log-prob, as the loop's carry
     hands them over (see `_chunked_logprobs_bwd`).
 
-    With XLA's kernels, d_logits = -coef * softmax everywhere but at the target, computed as
-    the epilogue of the recompute matmul: XLA fuses the exponential, the scaling and the bf16
-    rounding into that matmul, whose float32 logits then never reach memory. It does so only for
-    a 2-D product whose row operands are plain loop values: a reshape of the product, a slice
-    or a negation of a row vector, or the one-hot compare (an iota) keep the epilogue a pass of
-    its own (seen in compiles for an H100). The target's entry, coef * (1 - p), is then written
-    in place from the forward's log-prob, with expm1: no cancellation against the one-hot.
+    With XLA's kernels, `logit_cotangents` of the recomputed logits, which XLA computes as the
+    recompute matmul's epilogue.
     """
     softcap, vocab_major, vocab, kernel_blocks = static
-    row_lse, row_neg_coef = rows
     hidden_rows = hidden.reshape(-1, hidden.shape[-1])  # [n, hidden]
     if kernel_blocks is None:
         logits = lm_logits(hidden_rows, table, bias, softcap, vocab_major)  # [n, vocab] f32
-        d_logits = jnp.exp(logits - row_lse[:, None]) * row_neg_coef[:, None]
-        if softcap is not None:
-            d_logits = d_logits * (1 - jnp.square(logits / softcap))  # through tanh
-        logprob = logprob.reshape(-1)
-        target_entry = row_neg_coef * jnp.expm1(logprob)  # coef * (1 - p), [n]
-        if softcap is not None:  # the target's capped logit is its log-prob + lse
-            target_entry = target_entry * (1 - jnp.square((logprob + row_lse) / softcap))
-        d_logits = d_logits.astype(hidden.dtype).at[
-            jnp.arange(hidden_rows.shape[0]), targets.reshape(-1)].set(
-            target_entry.astype(hidden.dtype), unique_indices=True)
+        d_logits = logit_cotangents(logits, rows, logprob.reshape(-1), targets.reshape(-1),
+                                    softcap, hidden.dtype)
         d_bias = None if bias is None else jnp.sum(d_logits, axis=0, dtype=jnp.float32)
         return d_logits.reshape(*targets.shape, -1), d_bias
+    row_lse, row_neg_coef = rows
     d_logits, d_bias = logit_gradients(
         hidden_rows, table, bias, targets.reshape(-1), row_lse, -row_neg_coef, vocab=vocab,
         vocab_major=vocab_major, softcap=softcap, blocks=kernel_blocks)
