@@ -436,7 +436,7 @@ def test_the_step_compiles_for_tpu_slices_of_one_and_several_hosts():
     from bench.train_step import Case
 
     out = gpu_compile("--tpu=v5e:2x2", "--pairs=4", "--dtype=float32",
-                       "--cases=tiny:haf:64,tiny:baseline:64+remat=dots+unroll=1")
+                      "--cases=tiny:haf:64,tiny:baseline:64+remat=dots+unroll=1")
     assert "# v5e:2x2: 4 x TPU v5 lite" in out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| tiny:")]
     assert len(rows) == 2 and all(0 <= float(row[1]) < 1 for row in rows), out  # GiB, 2 places
