@@ -322,6 +322,17 @@ def format_against_profile(kernels: list[Kernel], measured: dict[str, float], ba
 H100_BANDWIDTH_TB_S = 3.35
 H100_PEAK_TFLOPS = 689.0
 
+# Memory bandwidth by the vendor's datasheets, keyed by JAX's `device_kind` as these GPUs report
+# it; the first key found in the name wins, so the specific parts come before the plain H100.
+DATASHEET_BANDWIDTH_TB_S = (("H200", 4.8), ("H100 PCIe", 2.0), ("H100 NVL", 3.9),
+                            ("H100", H100_BANDWIDTH_TB_S))
+
+
+def device_bandwidth_tb_s(device_kind: str) -> float | None:
+    """The datasheet memory bandwidth of a GPU named `device_kind` ("NVIDIA H200"), or None
+    for a device not in DATASHEET_BANDWIDTH_TB_S."""
+    return next((tb_s for key, tb_s in DATASHEET_BANDWIDTH_TB_S if key in device_kind), None)
+
 
 def add_roofline_options(parser: argparse.ArgumentParser) -> None:
     """--bandwidth-tb-s and --peak-tflops, the two rates of the bound (an H100's by default)."""

@@ -62,8 +62,8 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.hlo_roofline import (H100_BANDWIDTH_TB_S, format_against_profile,  # noqa: E402
-                                match_profile, program_kernels)
+from bench.hlo_roofline import (H100_BANDWIDTH_TB_S, device_bandwidth_tb_s,  # noqa: E402
+                                format_against_profile, match_profile, program_kernels)
 from bench.trace_summary import (find_trace, format_summary, load_events, summarize,  # noqa: E402
                                  timeline_op_ms)
 from hafrm_jax.distributed import claim_gpu_memory  # noqa: E402
@@ -183,9 +183,11 @@ def step_function(cfg: ModelConfig, method: str, optimizer, schedule):
 
 
 def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
-             peak_tflops: float, profile_dir: str | None = None, profile_steps: int = 3) -> dict:
+             peak_tflops: float, profile_dir: str | None = None, profile_steps: int = 3,
+             bandwidth_tb_s: float = H100_BANDWIDTH_TB_S) -> dict:
     """One timed case; with profile_dir, `profile_steps` more steps run under the JAX profiler
-    (after the timing, so it does not perturb it) and the row gets the trace's summary."""
+    (after the timing, so it does not perturb it) and the row gets the trace's summary, with
+    each kernel against its roofline bound at `bandwidth_tb_s` and `peak_tflops`."""
     setup_start = time.perf_counter()
     mesh = make_mesh()
     optimizer, schedule = bench_optimizer(steps + 3 + profile_steps)
@@ -225,9 +227,9 @@ def run_case(cfg: ModelConfig, method: str, pairs: int, seq: int, steps: int,
                 kernels = program_kernels(program, logprob_loop_trips(cfg, seq))
                 against = format_against_profile(
                     kernels, match_profile(kernels, timeline_op_ms(events, profile_steps)),
-                    H100_BANDWIDTH_TB_S * 1e12, peak_tflops * 1e12)
+                    bandwidth_tb_s * 1e12, peak_tflops * 1e12)
                 profile = dict(dir=profile_dir, steps=profile_steps, timelines=timelines[:4],
-                               against_bound=against)
+                               against_bound=against, bandwidth_tb_s=bandwidth_tb_s)
             except Exception as e:  # noqa: BLE001  reported in the row, not raised
                 profile = dict(dir=profile_dir, error=f"{type(e).__name__}: {e}"[:300],
                                timelines=[])
@@ -401,7 +403,9 @@ def _run_one(args, case: Case, peak: float) -> dict:
         profile_dir = os.path.join(os.path.abspath(args.profile),
                                    "".join(c if c.isalnum() or c in ".-" else "_"
                                            for c in case.spec()))
-    row = run_case(cfg, case.method, args.pairs, case.seq, args.steps, peak, profile_dir)
+    row = run_case(cfg, case.method, args.pairs, case.seq, args.steps, peak, profile_dir,
+                   bandwidth_tb_s=profile_bandwidth_tb_s(args.bandwidth_tb_s,
+                                                         jax.devices()[0].device_kind))
     row.update(attention=cfg.attention_impl, remat=cfg.remat, chunk=cfg.logprob_chunk,
                unroll=cfg.scan_unroll, head=cfg.lm_head_kernel, tile=blocks.tile,
                warps=blocks.num_warps, stages=blocks.stages, mlp=cfg.mlp_kernel,
@@ -409,6 +413,12 @@ def _run_one(args, case: Case, peak: float) -> dict:
                mlp_stages=mlp_blocks.stages,
                xla_flags=os.environ.get("XLA_FLAGS", ""))
     return row
+
+
+def profile_bandwidth_tb_s(flag: float | None, device_kind: str) -> float:
+    """The memory bandwidth a profile's kernels are held against: --bandwidth-tb-s where given,
+    else the device's datasheet figure, else (a device not in the table) an H100 SXM's."""
+    return flag or device_bandwidth_tb_s(device_kind) or H100_BANDWIDTH_TB_S
 
 
 _RESULT = "RESULT "  # prefix of the one line a case subprocess prints for its parent
@@ -519,6 +529,10 @@ def main():
                         help="trace 3 more steps of each of our cases with the JAX profiler "
                              "into this folder (one subfolder a case; open in Perfetto or "
                              "TensorBoard), and print each trace's busiest ops")
+    parser.add_argument("--bandwidth-tb-s", type=float, default=None,
+                        help="memory bandwidth that --profile holds each kernel against; "
+                             "default: the device's datasheet figure (H100, H200), else an "
+                             "H100 SXM's")
     parser.add_argument("--_one", default=None, help=argparse.SUPPRESS)  # internal: one case
     parser.add_argument("--_peak", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_measure_peak", action="store_true", help=argparse.SUPPRESS)
@@ -555,6 +569,7 @@ def main():
                    f"--remat={args.remat}", f"--chunk={args.chunk}", f"--unroll={args.unroll}",
                    f"--peak-size={args.peak_size}"] + (["--smoke"] if args.smoke else []) \
         + ([f"--profile={args.profile}"] if args.profile else []) \
+        + ([f"--bandwidth-tb-s={args.bandwidth_tb_s}"] if args.bandwidth_tb_s else []) \
         + ([f"--attention={args.attention}"] if args.attention else [])
     info, error = _spawn(passthrough + ["--_measure_peak"], args.case_timeout_s)
     if info is None:
@@ -592,8 +607,8 @@ def main():
             print(f"# profile of {case.spec()} ({row['profile']['dir']}):"
                   + (f" failed: {row['profile']['error']}" if "error" in row["profile"]
                      else format_summary(row["profile"]["timelines"])
-                     + f"\n\n## against the roofline ({H100_BANDWIDTH_TB_S} TB/s, measured "
-                     f"matmul peak)\n\n" + row["profile"]["against_bound"]), flush=True)
+                     + f"\n\n## against the roofline ({row['profile']['bandwidth_tb_s']} TB/s, "
+                     f"measured matmul peak)\n\n" + row["profile"]["against_bound"]), flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -410,12 +410,29 @@ def test_a_profiled_case_saves_its_program_and_ranks_kernels_against_their_bound
     from bench.train_step import run_case
 
     row = run_case(PRESETS["tiny"], "haf", pairs=2, seq=32, steps=1, peak_tflops=1.0,
-                   profile_dir=str(tmp_path), profile_steps=1)
+                   profile_dir=str(tmp_path), profile_steps=1, bandwidth_tb_s=4.8)
     assert "error" not in row["profile"], row["profile"]
+    assert row["profile"]["bandwidth_tb_s"] == 4.8
     assert (tmp_path / "program.hlo").read_text().startswith("HloModule")
     against = row["profile"]["against_bound"]
     matched = int(against.split(" of ")[0])
     assert matched > 10 and "| kernel | category | measured ms |" in against
+
+
+def test_a_profile_holds_kernels_against_the_devices_own_bandwidth():
+    """An H200 profiled at an H100's bandwidth would show its memory-bound kernels at 70% of a
+    bound they cannot reach: the table follows the device's name, and the flag overrides it."""
+    from bench.hlo_roofline import H100_BANDWIDTH_TB_S, device_bandwidth_tb_s
+    from bench.train_step import profile_bandwidth_tb_s
+
+    assert device_bandwidth_tb_s("NVIDIA H200") == 4.8
+    assert device_bandwidth_tb_s("NVIDIA H100 80GB HBM3") == H100_BANDWIDTH_TB_S == 3.35
+    assert device_bandwidth_tb_s("NVIDIA H100 PCIe") == 2.0
+    assert device_bandwidth_tb_s("NVIDIA H100 NVL") == 3.9
+    assert device_bandwidth_tb_s("cpu") is None
+    assert profile_bandwidth_tb_s(None, "NVIDIA H200") == 4.8
+    assert profile_bandwidth_tb_s(None, "cpu") == H100_BANDWIDTH_TB_S
+    assert profile_bandwidth_tb_s(2.5, "NVIDIA H200") == 2.5
 
 
 def _needs_libtpu():
