@@ -19,8 +19,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from hafrm_jax import cli
 from hafrm_jax.evaluation_cli import (detect_format, evaluate_pair_sets, markdown_table,
-                                      pair_sets_from_config, read_jsonl, run_best_of_n,
+                                      pair_sets_from_config, read_rows, run_best_of_n,
                                       run_rewardbench, write_jsonl)
 from hafrm_jax.scorer import load_scorer
 
@@ -72,7 +73,7 @@ def main(argv):
         raise app.UsageError(f"--mode={mode} needs --input")
 
     if mode == "score":
-        rows = read_jsonl(_INPUT.value, required=("prompt", "response"))
+        rows = read_rows(_INPUT.value, required=("prompt", "response"))
         rewards = scorer.score_responses([r["prompt"] for r in rows], [r["response"] for r in rows])
         out = _OUTPUT.value or os.path.splitext(_INPUT.value)[0] + ".scored.jsonl"
         write_jsonl(out, [dict(r, reward=float(x)) for r, x in zip(rows, rewards)])
@@ -117,4 +118,4 @@ def _write_json(obj) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,6 +13,7 @@ import logging
 
 from absl import app, flags
 
+from hafrm_jax import cli
 from hafrm_jax.hf.export import DTYPES, export_checkpoint, export_peft_adapters
 from hafrm_jax.workdir import load_run
 
@@ -72,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

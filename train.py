@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs import default as default_recipe
-from hafrm_jax import distributed
+from hafrm_jax import cli, distributed
 from hafrm_jax.train.loop import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(  # the default by its own path: any working directory
@@ -76,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -12,17 +12,17 @@ and noise rate) and two plots: test accuracy against noise rate, and validation 
 against training step. Model selection uses validation only; the test split is read once per run.
 """
 
-import json
 import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from configs import default as default_recipe  # noqa: E402
+from hafrm_jax import cli  # noqa: E402
 from hafrm_jax.experiments import (Variant, run_grid, summarise,  # noqa: E402
                                    training_free_baselines, write_report)
 
@@ -57,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

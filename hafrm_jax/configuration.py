@@ -186,8 +186,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(0 < d.validation_fraction < 1, "data.validation_fraction must be in (0, 1)")
     _require(0 <= d.test_fraction < 1, "data.test_fraction must be in [0, 1)")
     from hafrm_jax.data.pipeline import SOURCES
+    from hafrm_jax.data.readers import READERS, check_reader_options
+    from hafrm_jax.data.sources import reader_options
 
     _require(d.source in SOURCES, f"data.source={d.source!r}: expected one of {SOURCES}")
+    if d.source in READERS:  # records from files, the hub or TFDS: the reader's own options
+        try:
+            check_reader_options(d.source, reader_options(d))
+        except ValueError as e:
+            raise ConfigError(f"data.options: {e}") from None
     _require(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}: expected one of {SCHEDULES}")
     _require(o.learning_rate > 0, "optim.learning_rate must be positive")
     _require(0 <= o.warmup_steps < t.steps,

@@ -13,8 +13,10 @@ import numpy as np
 
 from hafrm_jax import metrics
 from hafrm_jax.benchmarks import best_of_n, rewardbench_scores
+from hafrm_jax.configuration import ConfigError
 from hafrm_jax.data.pipeline import load_records
-from hafrm_jax.data.readers import iter_records, read_preference_file, read_preference_records
+from hafrm_jax.data.readers import (DataError, RecordError, iter_records, read_preference_file,
+                                    read_preference_records)
 from hafrm_jax.data.records import PreferencePair
 from hafrm_jax.data.sources import read_split
 from hafrm_jax.scorer import RewardScorer
@@ -32,25 +34,31 @@ _FORMAT_KEYS = (("beaver", {"response_0", "response_1"}),
 
 def detect_format(path: str) -> str:
     """The reader format of a file, from the fields of its first record."""
-    for _, record in iter_records(path):
+    for where, record in iter_records(path):
+        if isinstance(record, RecordError):  # an undecodable first line
+            raise DataError(where, record)
         if isinstance(record, dict):
             for name, keys in _FORMAT_KEYS:
                 if keys <= set(record):
                     return name
         break
-    raise ValueError(f"cannot tell the format of {path} from its first record; pass --format "
-                     "(hh_rlhf, beaver, alpaca_farm, chatbot_arena or generic)")
+    raise DataError(path, RecordError("unknown_format", "cannot tell the format from its first "
+                                      "record; pass --format (hh_rlhf, beaver, alpaca_farm, "
+                                      "chatbot_arena or generic)"))
 
 
-def read_jsonl(path: str, required: Sequence[str] = ()) -> list[dict]:
-    """Records of a JSONL file (gzipped or not), each checked for the `required` fields."""
+def read_rows(path: str, required: Sequence[str] = ()) -> list[dict]:
+    """Records of a JSONL, JSON or parquet file (gzipped or not), each checked for the
+    `required` fields."""
     rows = []
     for where, record in iter_records(path):
+        if isinstance(record, RecordError):  # an undecodable line
+            raise DataError(where, record)
         if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object")
+            raise DataError(where, RecordError("wrong_type", "expected a JSON object"))
         missing = [k for k in required if k not in record]
         if missing:
-            raise ValueError(f"{where}: field '{missing[0]}': missing")
+            raise DataError(where, RecordError("missing_field", "missing", missing[0]))
         rows.append(record)
     return rows
 
@@ -84,25 +92,25 @@ def pair_sets_from_config(scorer: RewardScorer, names: list[str] | None = None
     out-of-distribution evaluation) of the workdir's config; only `names` where given."""
     config = scorer.config
     if config is None:
-        raise ValueError("a Hugging Face checkpoint has no datasets of its own: pass --input")
+        raise ConfigError("a Hugging Face checkpoint has no datasets of its own: pass --input")
     entries = dict(config.eval.datasets or {})
     available = ["test", *entries]
     names = available if names is None else list(names)
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise ValueError(f"no pair set {unknown}: this config has {', '.join(available)}")
+        raise ConfigError(f"no pair set {unknown}: this config has {', '.join(available)}")
     sets = {"test": load_records(config)[0]["test"]} if "test" in names else {}
     for name in (n for n in names if n != "test"):
         try:
             result = read_split(_dataset_data_config(config.data, entries[name]), "test")
         except Exception as e:  # offline hub, a package missing, a file moved, ...
             others = ",".join(n for n in names if n != name)
-            raise ValueError(
+            raise ConfigError(
                 f"eval.datasets.{name} could not be read ({type(e).__name__}: {e}); evaluate "
                 f"the other sets with --sets={others}" if others else
                 f"eval.datasets.{name} could not be read ({type(e).__name__}: {e})") from e
         if result is None:
-            raise ValueError(f"eval.datasets.{name}: no test split configured")
+            raise ConfigError(f"eval.datasets.{name}: no test split configured")
         sets[name] = result.pairs
     return sets
 
@@ -177,7 +185,7 @@ def markdown_table(rows: dict[str, dict], columns: list[str]) -> str:
 
 def run_best_of_n(scorer: RewardScorer, path: str) -> tuple[list[dict], dict]:
     """Score every candidate of every prompt; rows gain "scores" and "best"."""
-    rows = read_jsonl(path, required=("prompt", "responses"))
+    rows = read_rows(path, required=("prompt", "responses"))
     flat_prompts = [r["prompt"] for r in rows for _ in r["responses"]]
     flat = scorer.score_responses(flat_prompts, [c for r in rows for c in r["responses"]])
     bounds = np.cumsum([0] + [len(r["responses"]) for r in rows])
@@ -192,8 +200,7 @@ def run_best_of_n(scorer: RewardScorer, path: str) -> tuple[list[dict], dict]:
 
 def run_rewardbench(scorer: RewardScorer, path: str) -> dict:
     """RewardBench's official sections and overall score from a local copy of its data."""
-    rows = read_jsonl(path, required=("prompt", "chosen", "rejected", "subset")) \
-        if path.endswith((".jsonl", ".jsonl.gz")) else [r for _, r in iter_records(path)]
+    rows = read_rows(path, required=("prompt", "chosen", "rejected", "subset"))
     pairs = read_preference_records(
         ({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
          for r in rows), path, "generic").pairs

@@ -12,6 +12,7 @@ import time
 import ml_collections
 import numpy as np
 
+from hafrm_jax.configuration import ConfigError
 from hafrm_jax.sharding import device_description
 from hafrm_jax.train.loop import train_and_evaluate
 from hafrm_jax.train.plots import new_figure
@@ -62,9 +63,9 @@ def _check_same_experiment(workdir: str, config: ml_collections.ConfigDict) -> N
     changed = sorted(k for k in set(old) & set(new) if k.startswith(RESULT_KEYS)
                      and not isinstance(new[k], dict) and old[k] != new[k])
     if changed:
-        raise ValueError(f"{workdir} holds a finished run with other settings ("
-                         + ", ".join(f"{k}: {old[k]!r} there, {new[k]!r} here" for k in changed)
-                         + "): use another --out, or delete that run to train it again")
+        raise ConfigError(f"{workdir} holds a finished run with other settings ("
+                          + ", ".join(f"{k}: {old[k]!r} there, {new[k]!r} here" for k in changed)
+                          + "): use another --out, or delete that run to train it again")
 
 
 def run_grid(config: ml_collections.ConfigDict, variants: list[Variant], seeds: list[int],

@@ -22,6 +22,7 @@ from hafrm_jax.data.tokenize import TokenizeStats, tokenize_pairs, tokenize_resp
 from hafrm_jax.evaluation import eval_batch_size, make_score_fn, score_pairs
 from hafrm_jax.hf.checkpoint import (checkpoint_heads, pretrained_model_config,
                                      resolve_checkpoint)
+from hafrm_jax.hf.config import UnsupportedModelError
 from hafrm_jax.hf.tokenizer import load_tokenizer
 from hafrm_jax.metrics import implicit_rewards
 from hafrm_jax.model.config import ModelConfig
@@ -89,7 +90,7 @@ class RewardScorer:
 
     def _check_reward_head(self) -> None:
         if self.scored_by == "reward" and not self.reward_head:
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"{self.source} has no reward head (no `score` tensor): every response would "
                 "score 0. A DPO policy export is scored by its implicit reward: give its "
                 "starting model as the reference (eval.py --reference=START).")
@@ -151,7 +152,7 @@ def load_scorer(path: str, *, which: str = "best", reference: str | None = None,
     config = pretrained_model_config(directory)
     has_reward, has_policy = checkpoint_heads(directory, config)
     if reference and not has_policy:
-        raise ValueError(
+        raise UnsupportedModelError(
             f"{directory} has no LM head (no `lm_head.weight`: a reward-model export), so it "
             "has no implicit reward to compare with --reference (loading would put the input "
             "embedding in its place). Export the policy too (export.py --head=policy) and "

@@ -42,6 +42,11 @@ def test_validation_names_the_key():
     config.train.dpo_loss, config.train.label_smoothing = "ipo", 0.1
     with pytest.raises(configuration.ConfigError, match="sigmoid"):
         configuration.validate(config)
+    config = get_config()  # a reader's options, checked before any file is read
+    config.data.source, config.data.options.pair_selection = "hh_rlhf", "safer"
+    with pytest.raises(configuration.ConfigError,
+                       match=r"data.options: unknown option\(s\) \['pair_selection'\]"):
+        configuration.validate(config)
 
 
 def test_recipes_carry_the_paper_hyperparameters():

@@ -10,9 +10,10 @@ import pytest
 
 from tests.train.test_loop import small_config
 
+from hafrm_jax.data.readers import DataError
 from hafrm_jax.data.synthetic import generate_pairs
 from hafrm_jax.evaluation_cli import (detect_format, evaluate_pair_sets, pair_sets_from_config,
-                                      run_best_of_n, run_rewardbench)
+                                      read_rows, run_best_of_n, run_rewardbench)
 from hafrm_jax.hf.export import export_checkpoint
 from hafrm_jax.scorer import load_scorer
 from hafrm_jax.train.loop import train_and_evaluate
@@ -46,6 +47,21 @@ def test_pairs_on_the_runs_test_split_match_training(workdir, scorer):
     assert low <= test["accuracy"] <= high
     for key in ("reward_margin", "reward_ties", "reward_ece", "implicit_ece"):
         assert key in test and f"{key}_ci95" in test
+
+
+def test_undecodable_or_incomplete_rows_are_named_by_file_and_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": \n')
+    with pytest.raises(DataError, match=r"rows.jsonl:2: invalid JSON"):
+        read_rows(str(path), required=("prompt", "response"))
+    with pytest.raises(DataError, match=r"rows.jsonl:1: field 'chosen': missing"):
+        read_rows(str(path), required=("prompt", "chosen"))
+    path.write_text("not json\n")
+    with pytest.raises(DataError, match=r"rows.jsonl:1: invalid JSON"):
+        detect_format(str(path))
+    path.write_text('{"question": "a"}\n')
+    with pytest.raises(DataError, match="cannot tell the format.*--format"):
+        detect_format(str(path))
 
 
 def test_input_file_with_detected_format(tmp_path, scorer):
@@ -105,6 +121,13 @@ def test_eval_cli(tmp_path, workdir):
     assert "| test | 64 |" in out.stdout
     assert json.loads((tmp_path / "m.json").read_text())["test"]["num_pairs"] == 64
     assert (tmp_path / "margins.png").stat().st_size > 1000
+    bad = tmp_path / "responses.jsonl"  # --mode=score needs a response on every line
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "answer": "b"}\n')
+    out = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}", "--mode=score",
+                          f"--input={bad}"], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"eval.py: error: {bad}:2: field 'response': missing")
 
 
 def test_out_of_distribution_sets_from_the_config(tmp_path, scorer):

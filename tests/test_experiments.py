@@ -6,6 +6,7 @@ import pytest
 
 from tests.train.test_loop import small_config
 
+from hafrm_jax.configuration import ConfigError
 from hafrm_jax.experiments import Variant, run_grid, summarise, write_report
 
 
@@ -43,7 +44,7 @@ def test_report_only_leaves_out_unfinished_runs(tmp_path):
     assert not os.path.exists(tmp_path / "runs" / "dpo-noise0-seed0")
     # a finished run is not reported under other settings (its folder name lacks them)
     longer = small_config(steps=6, eval_every=2)
-    with pytest.raises(ValueError, match="train.steps: 4 there, 6 here"):
+    with pytest.raises(ConfigError, match="train.steps: 4 there, 6 here"):
         run_grid(longer, [Variant("baseline")], seeds=[0], noise_rates=[0.0], out=str(tmp_path),
                  train_missing=False)
 

@@ -13,12 +13,14 @@ import logging
 import ml_collections
 import numpy as np
 
+from hafrm_jax.configuration import ConfigError
 from hafrm_jax.data import synthetic
 from hafrm_jax.data.batching import flip_labels
 from hafrm_jax.data.readers import READERS
 from hafrm_jax.data.records import PreferencePair, prompt_format
 from hafrm_jax.data.sources import SPLITS, read_splits
-from hafrm_jax.data.tokenize import TokenizedPairs, TokenizeStats, tokenize_pairs
+from hafrm_jax.data.tokenize import (TokenizedPairs, TokenizeStats, resolved_chat_format,
+                                     tokenize_pairs)
 from hafrm_jax.hf import tokenizer as hf_tokenizer
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ def load_tokenizer(config: ml_collections.ConfigDict, pretrained_dir: str | None
         return hf_tokenizer.load_tokenizer(pretrained_dir)
     if config.data.source == "synthetic":
         return synthetic.build_tokenizer()
-    raise ValueError(
+    raise ConfigError(
         f"data.source={config.data.source!r} is text for a pretrained model: set "
         "model.name_or_path to a Hugging Face checkpoint directory or hub id")
 
@@ -62,7 +64,7 @@ def load_records(config: ml_collections.ConfigDict
     """Pairs per split, and per split the counts of what was read, skipped and filtered."""
     d = config.data
     if d.source not in SOURCES:
-        raise ValueError(f"unknown data.source {d.source!r}; available: {list(SOURCES)}")
+        raise ConfigError(f"unknown data.source {d.source!r}; available: {list(SOURCES)}")
     if d.source == "synthetic":
         pairs = synthetic.generate_splits(d.num_train, d.num_validation, d.num_test, d.seed)
         return pairs, {s: {"records": len(p), "skipped": {}, "filtered": {}}
@@ -92,13 +94,17 @@ def prepare_data(config: ml_collections.ConfigDict, tokenizer, process_index: in
     gathers the scores, which does not depend on it either.
     """
     d = config.data
+    try:
+        resolved_chat_format(tokenizer, d.chat_format)
+    except ValueError as e:  # a chat format this tokenizer cannot give
+        raise ConfigError(f"data.{e}") from None
     records, counts = load_records(config)
     splits, stats = {}, {}
     for name in SPLITS:
         pairs = records[name]
         if len(pairs) < process_count:
-            raise ValueError(f"data.source={d.source!r}: the {name} split has {len(pairs)} "
-                             f"pairs, fewer than the {process_count} hosts")
+            raise ConfigError(f"data.source={d.source!r}: the {name} split has {len(pairs)} "
+                              f"pairs, fewer than the {process_count} hosts")
         share = (np.arange(len(pairs)) if name == "train"
                  else host_share(len(pairs), process_index, process_count))
         splits[name], stats[name] = tokenize_pairs(

@@ -361,7 +361,7 @@ def iter_records(path: PathLike) -> Iterator[tuple[str, Any]]:
     elif path.endswith(".parquet"):
         records = _parquet_records(path)
     else:
-        raise ValueError(f"cannot read {path}: unknown suffix; supported: {list(SUFFIXES)}")
+        raise _file_error(path, "unknown_suffix", f"unknown suffix; supported: {list(SUFFIXES)}")
     for index, record in enumerate(records):
         yield f"{path}: record index {index}", record
 
@@ -421,6 +421,11 @@ def _reader(format: str, on_error: str, options: dict) -> tuple[Reader, dict]:
     options = {**reader.defaults, **options}
     reader.check(options)
     return reader, options
+
+
+def check_reader_options(format: str, options: Mapping[str, Any]) -> None:
+    """Raise ValueError unless `format` is a reader's and `options` are valid for it."""
+    _reader(format, "raise", dict(options))
 
 
 def read_preference_file(paths: PathLike | Sequence[PathLike], format: str, *,

@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from hafrm_jax.configuration import ConfigError
 from hafrm_jax.data.readers import (ReadResult, merge_results, read_preference_file,
                                     read_preference_records)
 
@@ -79,19 +80,23 @@ def _configured_source(data: ml_collections.ConfigDict) -> str:
                                     ("hub", bool(data.hub.path)),
                                     ("tfds", bool(data.tfds.name))) if on]
     if len(chosen) != 1:
-        raise ValueError(f"data.source={data.source!r} needs exactly one of data.files.*, "
-                         f"data.hub.path or data.tfds.name; got {chosen or 'none'}")
+        raise ConfigError(f"data.source={data.source!r} needs exactly one of data.files.*, "
+                          f"data.hub.path or data.tfds.name; got {chosen or 'none'}")
     return chosen[0]
+
+
+def reader_options(data: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`data.options` as plain dicts all the way down (a nested ConfigDict, such as generic's
+    `columns`, is no Mapping to the readers' checks)."""
+    if isinstance(data.options, ml_collections.ConfigDict):
+        return data.options.to_dict()
+    return dict(data.options or {})
 
 
 def read_split(data: ml_collections.ConfigDict, split: str) -> ReadResult | None:
     """The records of one split from the configured source; None where it has no such split."""
     kind = _configured_source(data)
-    # plain dicts all the way down (a nested ConfigDict, such as generic's `columns`, is no
-    # Mapping to the readers' checks)
-    options = data.options.to_dict() if isinstance(data.options, ml_collections.ConfigDict) \
-        else dict(data.options or {})
-    common = dict(format=data.source, on_error=data.on_error, **options)
+    common = dict(format=data.source, on_error=data.on_error, **reader_options(data))
     if kind == "files":
         if not data.files[split]:
             return None
@@ -106,13 +111,14 @@ def read_split(data: ml_collections.ConfigDict, split: str) -> ReadResult | None
                                    **common)
 
 
-def hold_out(result: ReadResult, fraction: float, seed: int) -> tuple[ReadResult, ReadResult]:
-    """Split train into (train, validation), the validation share drawn from `seed`."""
+def hold_out(result: ReadResult, fraction: float, seed: int, key: str = "data.validation_fraction"
+             ) -> tuple[ReadResult, ReadResult]:
+    """Split train into (kept, held out), the held-out share (`fraction`, set by config `key`)
+    drawn from `seed`."""
     count = len(result.pairs)
     held = int(round(fraction * count))
     if held == 0 or held == count:
-        raise ValueError(f"data.validation_fraction={fraction} of {count} training pairs leaves "
-                         "an empty split")
+        raise ConfigError(f"{key}={fraction} of {count} training pairs leaves an empty split")
     order = np.random.default_rng((seed, 7)).permutation(count)
     validation = {int(i) for i in order[:held]}
     pick = lambda keep: [p for i, p in enumerate(result.pairs) if (i in validation) != keep]
@@ -146,13 +152,13 @@ def read_splits(data: ml_collections.ConfigDict) -> dict[str, ReadResult]:
     results = {split: read_split(data, split) for split in SPLITS}
     results = {split: r if r is None else drop_duplicates(r) for split, r in results.items()}
     if results["train"] is None:
-        raise ValueError(f"data.source={data.source!r}: no train split is configured")
+        raise ConfigError(f"data.source={data.source!r}: no train split is configured")
     if results["test"] is None:
         if not data.test_fraction:
-            raise ValueError(f"data.source={data.source!r} has no test split: configure one, "
-                             "or hold one out of train with data.test_fraction")
+            raise ConfigError(f"data.source={data.source!r} has no test split: configure one, "
+                              "or hold one out of train with data.test_fraction")
         results["train"], results["test"] = hold_out(results["train"], data.test_fraction,
-                                                     data.seed + 1)
+                                                     data.seed + 1, "data.test_fraction")
         log.info("test: %d pairs held out of train (data.test_fraction=%s)",
                  len(results["test"].pairs), data.test_fraction)
     if results["validation"] is None:

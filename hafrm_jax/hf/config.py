@@ -15,7 +15,7 @@ SUPPORTED_ROPE = ("default", "linear", "llama3")
 
 
 class UnsupportedModelError(ValueError):
-    pass
+    """A checkpoint this library cannot load, or cannot use as asked (a missing head)."""
 
 
 def _rope(hf) -> tuple[float, RopeScaling | None, float]:

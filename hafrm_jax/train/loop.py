@@ -171,6 +171,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for name, split in splits.items():
         log.info("%s: %d pairs (%d on this host), %d tokens", name, data.sizes[name], len(split),
                  split.num_tokens())
+    if len(splits["train"]) < t.batch_size:
+        raise configuration.ConfigError(f"train.batch_size={t.batch_size} is more than the "
+                                        f"{len(splits['train'])} training pairs")
 
     # State (with LoRA: trainable adapters and heads, the base frozen), reference log-probs,
     # resume.

@@ -9,6 +9,7 @@ import pytest
 
 from configs.default import get_config
 
+from hafrm_jax.configuration import ConfigError
 from hafrm_jax.data.pipeline import load_records
 from hafrm_jax.data.sources import read_splits
 
@@ -64,7 +65,10 @@ def test_renamed_generic_columns_set_in_the_config(tmp_path):
 
 def test_test_split_held_out_when_missing_then_validation(tmp_path):
     config = hh_config(train=write_jsonl(tmp_path / "all.jsonl", [hh(i) for i in range(100)]))
-    with pytest.raises(ValueError, match="data.test_fraction"):
+    with pytest.raises(ConfigError, match="data.test_fraction"):
+        read_splits(config.data)
+    config.data.test_fraction = 0.001  # the key at fault is named, not validation's
+    with pytest.raises(ConfigError, match=r"data.test_fraction=0.001 of 100 training pairs"):
         read_splits(config.data)
     config.data.test_fraction, config.data.validation_fraction = 0.1, 0.1
     results = read_splits(config.data)
@@ -105,6 +109,18 @@ def test_label_noise_counts_only_the_pairs_it_flipped(tmp_path):
     data = prepare_data(config, synthetic.build_tokenizer())
     assert data.sizes["train"] == 12 and len(data.splits["train"]) == 8
     np.testing.assert_array_equal(data.flipped, np.arange(8))
+
+
+def test_a_chat_format_the_tokenizer_cannot_give_is_a_config_error(tmp_path):
+    from tests.helpers import bpe_tokenizer
+
+    from hafrm_jax.data.pipeline import prepare_data
+
+    config = hh_config(train=write_jsonl(tmp_path / "t.jsonl", [hh(i) for i in range(8)]))
+    config.data.chat_format = "tokenizer"
+    tokenizer = bpe_tokenizer([hh(0)["chosen"]])  # no chat template
+    with pytest.raises(ConfigError, match="data.chat_format='tokenizer' but the tokenizer"):
+        prepare_data(config, tokenizer)
 
 
 def test_max_train_pairs_and_missing_files(tmp_path):

@@ -189,3 +189,25 @@ def test_train_lm_head_on_a_tied_model_is_warned_not_ignored_silently(caplog):
         trainable = _split_for_lora(config, loss_config, params, shardings, mesh, rules)[0]
     assert set(trainable) == {"lora", "reward_head"}
     assert "model.lora.train_lm_head has no effect" in caplog.text
+
+
+def test_fewer_training_pairs_than_a_batch_is_a_config_error(tmp_path):
+    """Read from files, the training split's size is known only once read and tokenised."""
+    from tests.helpers import bpe_tokenizer, tiny_checkpoint
+
+    from hafrm_jax.configuration import ConfigError
+
+    records = [{"prompt": f"question {i}", "chosen": "a kind answer", "rejected": "a rude one"}
+               for i in range(5)]
+    config = get_config()
+    config.train.batch_size = 4
+    config.model.name_or_path = tiny_checkpoint(
+        str(tmp_path / "model"), bpe_tokenizer([r["prompt"] + r["chosen"] for r in records]))
+    config.data.source = "generic"
+    for split, part in (("train", records[:3]), ("validation", records[3:]),
+                        ("test", records[3:])):
+        config.data.files[split] = str(tmp_path / f"{split}.jsonl")
+        with open(config.data.files[split], "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in part)
+    with pytest.raises(ConfigError, match="train.batch_size=4 is more than the 3 training pairs"):
+        train_and_evaluate(config, str(tmp_path / "run"))

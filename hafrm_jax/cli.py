@@ -1,0 +1,35 @@
+"""What the command lines (train.py, eval.py, export.py, experiments/compare.py) share: a mistake
+in what the user gave (a config key, a data record, a file, a model this library cannot load)
+ends the run with one line naming it, `<program>: error: <message>`, and exit status 1. Those
+messages already say what is wrong and where (file, line and field; the config key), so a
+traceback would only bury them. Any other exception is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app
+
+from hafrm_jax.configuration import ConfigError
+from hafrm_jax.data.readers import DataError
+from hafrm_jax.hf.config import UnsupportedModelError
+from hafrm_jax.train.loop import NonFiniteError
+
+# Raised with a message meant for the user; FileNotFoundError and FileExistsError name the path.
+USER_ERRORS = (ConfigError, DataError, UnsupportedModelError, NonFiniteError, FileNotFoundError,
+               FileExistsError)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """absl's `app.run(main)`, with USER_ERRORS reported as `<script's file name>: error:
+    <message>` on stderr (exit status 1)."""
+
+    def main_reporting_user_errors(argv: list[str]) -> None:
+        try:
+            return main(argv)
+        except USER_ERRORS as error:
+            sys.exit(f"{os.path.basename(sys.argv[0])}: error: {error}")
+
+    app.run(main_reporting_user_errors)
