@@ -12,7 +12,6 @@ family, including `*ForSequenceClassification` reward models from elsewhere).
 """
 
 import json
-import logging
 import os
 
 import numpy as np
@@ -57,7 +56,6 @@ _PLOT = flags.DEFINE_string("plot", None, "--mode=pairs: write a PNG histogram o
 
 def main(argv):
     del argv
-    logging.getLogger("absl").setLevel(logging.WARNING)
     path = _CHECKPOINT.value or _WORKDIR.value
     if not path:
         raise app.UsageError("give --workdir or --checkpoint")

@@ -31,7 +31,6 @@ _PEFT = flags.DEFINE_bool("peft", False, "LoRA runs: write the adapters (and the
 
 def main(argv):
     del argv
-    logging.getLogger("absl").setLevel(logging.WARNING)
     if _PEFT.value and _HEAD.value == "policy":
         raise app.UsageError("--peft writes the reward model's adapters (PEFT's SEQ_CLS task, "
                              "the reward head as `score`); export the policy as merged weights: "

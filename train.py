@@ -8,7 +8,6 @@ The logic lives in `hafrm_jax.train.loop.train_and_evaluate`, importable from a 
 Running again with the same --workdir resumes from its latest checkpoint.
 """
 
-import logging
 import os
 import shlex
 import sys
@@ -55,9 +54,6 @@ def resume_command(argv: list[str], workdir: str) -> str:
 def main(argv):
     del argv
     distributed.claim_gpu_memory()  # 95% of each GPU, not JAX's 75% (before the backend starts)
-    logging.getLogger().setLevel(logging.INFO)  # this library's progress notes
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
-    logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend tpu"
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     if jax.process_count() > 1 and not _WORKDIR.value:

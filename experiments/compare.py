@@ -12,7 +12,6 @@ and noise rate) and two plots: test accuracy against noise rate, and validation 
 against training step. Model selection uses validation only; the test split is read once per run.
 """
 
-import logging
 import os
 import sys
 
@@ -42,7 +41,6 @@ _BASELINES = flags.DEFINE_bool("baselines", True, "Add chance and, for a pretrai
 
 def main(argv):
     del argv
-    logging.getLogger("absl").setLevel(logging.WARNING)
     variants = [Variant(m) for m in _METHODS.value]
     variants += [Variant("haf", float(a)) for a in _ALPHAS.value]
     runs = run_grid(_CONFIG.value, variants, [int(s) for s in _SEEDS.value],

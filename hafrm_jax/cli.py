@@ -6,6 +6,7 @@ traceback would only bury them. Any other exception is a bug and keeps its trace
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -23,10 +24,14 @@ USER_ERRORS = (ConfigError, DataError, UnsupportedModelError, NonFiniteError, Fi
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """absl's `app.run(main)`, with USER_ERRORS reported as `<script's file name>: error:
-    <message>` on stderr (exit status 1)."""
+    """absl's `app.run(main)`: this library's progress logged (INFO), absl's and JAX's chatter
+    not; USER_ERRORS reported as `<script's file name>: error: <message>` on stderr (exit
+    status 1)."""
 
     def main_reporting_user_errors(argv: list[str]) -> None:
+        logging.getLogger().setLevel(logging.INFO)  # this library's progress notes
+        logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
+        logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend tpu"
         try:
             return main(argv)
         except USER_ERRORS as error:

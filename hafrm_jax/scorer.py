@@ -148,7 +148,7 @@ def load_scorer(path: str, *, which: str = "best", reference: str | None = None,
                             "implicit" if run.config.train.method == "dpo" else "reward",
                             # a run from before data.json, or on mixed prompts: as they are
                             "turns" if saved_prompt_format(path) == "turns" else "text")
-    directory = resolve_checkpoint(path)
+    directory = resolve_checkpoint(path, "checkpoint")
     config = pretrained_model_config(directory)
     has_reward, has_policy = checkpoint_heads(directory, config)
     if reference and not has_policy:
@@ -160,7 +160,7 @@ def load_scorer(path: str, *, which: str = "best", reference: str | None = None,
     params, _ = init_params(config, 0, mesh, DEFAULT_RULES, directory)
     ref_params = None
     if reference:
-        ref_dir = resolve_checkpoint(reference)
+        ref_dir = resolve_checkpoint(reference, "reference")
         ref_params, _ = init_params(pretrained_model_config(ref_dir), 0, mesh, DEFAULT_RULES,
                                     ref_dir)
     tokenizer = load_tokenizer(directory)

@@ -19,15 +19,15 @@ log = logging.getLogger(__name__)
 _DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
 
 
-def resolve_checkpoint(name_or_path: str) -> str:
+def resolve_checkpoint(name_or_path: str, setting: str = "model.name_or_path") -> str:
     """A local checkpoint: a directory, a .gguf file (or the short name of a packaged one), or
-    a hub download when online."""
+    a hub download when online. Errors name `setting`, where the user gave `name_or_path`."""
     known = gguf.find_known_file(name_or_path)
     if known is not None:
         return known
     if gguf.is_gguf(name_or_path):
         if not os.path.isfile(name_or_path):
-            raise FileNotFoundError(f"model.name_or_path={name_or_path!r}: no such file")
+            raise FileNotFoundError(f"{setting}={name_or_path!r}: no such file")
         return name_or_path
     if os.path.isdir(name_or_path):
         if not os.path.exists(os.path.join(name_or_path, "config.json")):
@@ -35,7 +35,7 @@ def resolve_checkpoint(name_or_path: str) -> str:
                                     "checkpoint directory")
         return name_or_path
     if os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model.name_or_path={name_or_path!r} is not a directory")
+        raise FileNotFoundError(f"{setting}={name_or_path!r} is not a directory")
     from huggingface_hub import snapshot_download
 
     log.info("downloading %s from the Hugging Face hub (safetensors only)", name_or_path)
@@ -43,7 +43,7 @@ def resolve_checkpoint(name_or_path: str) -> str:
         directory = snapshot_download(name_or_path, allow_patterns=_DOWNLOAD_PATTERNS)
     except Exception as e:  # offline, unknown repo, gated model, ...
         raise FileNotFoundError(
-            f"model.name_or_path={name_or_path!r} is neither a local directory nor a hub "
+            f"{setting}={name_or_path!r} is neither a local directory nor a hub "
             f"model that could be downloaded ({type(e).__name__}: {e})") from e
     if not glob.glob(os.path.join(directory, "*.safetensors")):
         # the patterns leave pickled weights on the hub: say so, not "no safetensors" alone
