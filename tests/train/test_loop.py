@@ -196,6 +196,7 @@ def test_fewer_training_pairs_than_a_batch_is_a_config_error(tmp_path):
     from tests.helpers import bpe_tokenizer, tiny_checkpoint
 
     from hafrm_jax.configuration import ConfigError
+    from hafrm_jax.evaluation_cli import write_jsonl
 
     records = [{"prompt": f"question {i}", "chosen": "a kind answer", "rejected": "a rude one"}
                for i in range(5)]
@@ -207,7 +208,6 @@ def test_fewer_training_pairs_than_a_batch_is_a_config_error(tmp_path):
     for split, part in (("train", records[:3]), ("validation", records[3:]),
                         ("test", records[3:])):
         config.data.files[split] = str(tmp_path / f"{split}.jsonl")
-        with open(config.data.files[split], "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in part)
+        write_jsonl(config.data.files[split], part)
     with pytest.raises(ConfigError, match="train.batch_size=4 is more than the 3 training pairs"):
         train_and_evaluate(config, str(tmp_path / "run"))
