@@ -16,7 +16,6 @@ import os
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from hafrm_jax import cli
 from hafrm_jax.evaluation_cli import (detect_format, evaluate_pair_sets, markdown_table,
@@ -24,9 +23,9 @@ from hafrm_jax.evaluation_cli import (detect_format, evaluate_pair_sets, markdow
                                       run_rewardbench, write_jsonl)
 from hafrm_jax.scorer import load_scorer
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     "config", None, "A recipe whose test split and eval.datasets to evaluate on (default: the "
-    "workdir's own config).", lock_config=True)
+    "workdir's own config).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir to evaluate.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir or HF checkpoint dir.")
 _PARAMS = flags.DEFINE_enum("params", "best", ["best", "latest"], "Which params of a workdir.")

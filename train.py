@@ -16,14 +16,13 @@ import time
 import jax
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from configs import default as default_recipe
 from hafrm_jax import cli, distributed
 from hafrm_jax.train.loop import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file(  # the default by its own path: any working directory
-    "config", default_recipe.__file__, "Training recipe: a configs/*.py file.", lock_config=True)
+_CONFIG = cli.define_config_file(  # the default by its own path: any working directory
+    "config", default_recipe.__file__, "Training recipe: a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints and metrics go; default: a new folder under runs/.")
 _COORDINATOR = flags.DEFINE_string(

@@ -18,15 +18,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from configs import default as default_recipe  # noqa: E402
 from hafrm_jax import cli  # noqa: E402
 from hafrm_jax.experiments import (Variant, run_grid, summarise,  # noqa: E402
                                    training_free_baselines, write_report)
 
-_CONFIG = config_flags.DEFINE_config_file(  # the default by its own path: any working directory
-    "config", default_recipe.__file__, "The recipe every run starts from.", lock_config=True)
+_CONFIG = cli.define_config_file(  # the default by its own path: any working directory
+    "config", default_recipe.__file__, "The recipe every run starts from.")
 _OUT = flags.DEFINE_string("out", "experiments/default", "Output folder.")
 _METHODS = flags.DEFINE_list("methods", ["baseline", "dpo", "haf"], "Methods at the config's "
                              "alpha and beta.")

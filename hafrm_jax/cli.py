@@ -2,18 +2,25 @@
 in what the user gave (a config key, a data record, a file, a model this library cannot load)
 ends the run with one line naming it, `<program>: error: <message>`, and exit status 1. Those
 messages already say what is wrong and where (file, line and field; the config key), so a
-traceback would only bury them. Any other exception is a bug and keeps its traceback."""
+traceback would only bury them. Any other exception is a bug and keeps its traceback.
+
+The same holds before `main` runs, while absl parses the flags: a `--config=` file that does not
+exist and an override of a key no run config has (`--config.train.stpes=4`) fail inside
+ml_collections' flag parsing, with its traceback, unless caught there."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
-from absl import app
+from absl import app, flags
+from ml_collections import config_flags
 
-from hafrm_jax.configuration import ConfigError
+from hafrm_jax.configuration import FREE_FORM, ConfigError, is_known_key, unknown_key_message
 from hafrm_jax.data.readers import DataError
 from hafrm_jax.hf.config import UnsupportedModelError
 from hafrm_jax.train.loop import NonFiniteError
@@ -21,6 +28,77 @@ from hafrm_jax.train.loop import NonFiniteError
 # Raised with a message meant for the user; FileNotFoundError and FileExistsError name the path.
 USER_ERRORS = (ConfigError, DataError, UnsupportedModelError, NonFiniteError, FileNotFoundError,
                FileExistsError)
+
+
+def _fail(message: str) -> NoReturn:
+    sys.exit(f"{os.path.basename(sys.argv[0])}: error: {message}")
+
+
+# The names of the config flags defined through `define_config_file`, for `parse_flags`.
+_CONFIG_FLAGS: list[str] = []
+
+
+def _config_files_given(argv: list[str], name: str) -> list[tuple[str, str]]:
+    """(argument, file) for each `--name=path[:arg]` or `--name path[:arg]` in argv."""
+    given = []
+    for i, arg in enumerate(argv[1:], 1):
+        match = re.fullmatch(rf"--?{re.escape(name)}(=(.*))?", arg)
+        if match and match.group(1):
+            given.append((arg, match.group(2)))
+        elif match and i + 1 < len(argv):
+            given.append((f"{arg} {argv[i + 1]}", argv[i + 1]))
+    return [(arg, value.split(":", 1)[0]) for arg, value in given]
+
+
+def _overrides(argv: list[str], name: str) -> list[tuple[str, str]]:
+    """(argument, key) for each override `--name.key=value` in argv."""
+    pattern = rf"--?(?:no)?{re.escape(name)}\.([^=]+)"
+    return [(arg, match.group(1)) for arg in argv[1:] if (match := re.match(pattern, arg))]
+
+
+def _override_error(argv: list[str], name: str, error: Exception) -> str:
+    """The message for ml_collections' error on an override whose key the config lacks: the
+    first key no run config has, named with a hint; else a key of a free-form group
+    (data.options.x) that this recipe does not set, which only the whole group can add."""
+    overrides = _overrides(argv, name)
+    for arg, key in overrides:
+        if not is_known_key(key):
+            return f"{arg}: {unknown_key_message(key)}"
+    for arg, key in overrides:
+        group = next((g for g in FREE_FORM if key.startswith(g + ".")), None)
+        if group:
+            leaf, value = key[len(group) + 1:], arg.split("=", 1)[-1]
+            whole = "{...}" if "." in leaf else f"{{'{leaf}': {value}}}"
+            return (f"{arg}: the recipe sets no {key}; {group} takes new keys only as a whole "
+                    f"group, e.g. --{name}.{group}=\"{whole}\" (replacing the recipe's)")
+    raise error
+
+
+def define_config_file(name: str, default: str | None, help_string: str) -> flags.FlagHolder:
+    """ml_collections' `config_flags.DEFINE_config_file`, locked (a misspelt key in code fails),
+    with its mistakes reported by `parse_flags`. A default recipe is loaded, and its overrides
+    applied, right here, so an override's error is reported here too."""
+    _CONFIG_FLAGS.append(name)
+    try:
+        return config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
+    except (AttributeError, KeyError) as error:
+        _fail(_override_error(sys.argv, name, error))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (its usage errors included), with the config flags' mistakes in one
+    line: a config file that does not exist, an override of a key that the config lacks."""
+    for name in _CONFIG_FLAGS:
+        for arg, path in _config_files_given(argv, name):
+            if not os.path.isfile(path):
+                _fail(f"{arg}: no such config file")
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as error:  # ml_collections: an override's key is missing
+        overridden = [name for name in _CONFIG_FLAGS if _overrides(argv, name)]
+        if not overridden:
+            raise
+        _fail(_override_error(argv, overridden[0], error))
 
 
 def run(main: Callable[[list[str]], None]) -> None:
@@ -35,6 +113,6 @@ def run(main: Callable[[list[str]], None]) -> None:
         try:
             return main(argv)
         except USER_ERRORS as error:
-            sys.exit(f"{os.path.basename(sys.argv[0])}: error: {error}")
+            _fail(str(error))
 
-    app.run(main_reporting_user_errors)
+    app.run(main_reporting_user_errors, flags_parser=parse_flags)

@@ -5,6 +5,9 @@ Every check runs before anything is compiled and raises one `ConfigError` naming
 
 from __future__ import annotations
 
+import difflib
+import functools
+
 import ml_collections
 
 from hafrm_jax.model.config import (ATTENTION_IMPLS, KERNEL_BLOCKS, LM_HEAD_KERNELS, MLP_KERNELS,
@@ -106,21 +109,41 @@ def _schema_types(schema: ml_collections.ConfigDict, prefix: str = "") -> dict[s
     return out
 
 
-def _check_schema(config: ml_collections.ConfigDict) -> None:
-    """Unknown keys and values of the wrong type, each named."""
+@functools.cache
+def schema_types() -> dict[str, type]:
+    """Every key a run config has ("train.steps"), with its type; groups map to ConfigDict."""
     from hafrm_jax.config_schema import default_config
 
-    expected = _schema_types(default_config())
+    return _schema_types(default_config())
+
+
+def is_known_key(name: str) -> bool:
+    """Whether `name` ("train.steps") is a key of the schema or lies in a free-form group."""
+    return name in schema_types() or any(name.startswith(f + ".") for f in FREE_FORM)
+
+
+def unknown_key_message(name: str) -> str:
+    """The message for a key no run config has, with a hint: a key of the same last name in
+    another group, else the closest spelling ('train.stpes' -> train.steps)."""
+    expected = schema_types()
+    leaf = name.rsplit(".", 1)[-1]
+    close = ([k for k in expected if k.rsplit(".", 1)[-1] == leaf]
+             or difflib.get_close_matches(name, expected, n=1, cutoff=0.8))
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown config key {name!r}{hint}"
+
+
+def _check_schema(config: ml_collections.ConfigDict) -> None:
+    """Unknown keys and values of the wrong type, each named."""
+    expected = schema_types()
     seen = set()
 
     def walk(node, prefix):
         for key in node.keys():
             name = f"{prefix}{key}"
             value = node[key]
-            if name not in expected and not any(name.startswith(f + ".") for f in FREE_FORM):
-                close = [k for k in expected if k.rsplit(".", 1)[-1] == key]
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ConfigError(f"unknown config key {name!r}{hint}")
+            if not is_known_key(name):
+                raise ConfigError(unknown_key_message(name))
             if name not in expected:
                 continue
             seen.add(name)

@@ -15,8 +15,8 @@ from hafrm_jax import metrics
 from hafrm_jax.benchmarks import best_of_n, rewardbench_scores
 from hafrm_jax.configuration import ConfigError
 from hafrm_jax.data.pipeline import load_records
-from hafrm_jax.data.readers import (DataError, RecordError, iter_records, read_preference_file,
-                                    read_preference_records)
+from hafrm_jax.data.readers import (DataError, RecordError, as_object, iter_records,
+                                    read_preference_file, read_preference_records)
 from hafrm_jax.data.records import PreferencePair
 from hafrm_jax.data.sources import read_split
 from hafrm_jax.scorer import RewardScorer
@@ -52,10 +52,10 @@ def read_rows(path: str, required: Sequence[str] = ()) -> list[dict]:
     `required` fields."""
     rows = []
     for where, record in iter_records(path):
-        if isinstance(record, RecordError):  # an undecodable line
-            raise DataError(where, record)
-        if not isinstance(record, dict):
-            raise DataError(where, RecordError("wrong_type", "expected a JSON object"))
+        try:
+            record = as_object(record)
+        except RecordError as error:  # an undecodable line, or not an object
+            raise DataError(where, error) from None
         missing = [k for k in required if k not in record]
         if missing:
             raise DataError(where, RecordError("missing_field", "missing", missing[0]))

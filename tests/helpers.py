@@ -17,6 +17,15 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+def write_jsonl(path: pathlib.Path, records) -> str:
+    """A JSONL file (gzipped for a .gz name) of `records`: dicts are dumped, bytes written as
+    they are (a malformed line). Returns the path as a string, as configs hold it."""
+    lines = [r if isinstance(r, bytes) else json.dumps(r).encode() for r in records]
+    data = b"\n".join(lines) + b"\n"
+    path.write_bytes(gzip.compress(data) if str(path).endswith(".gz") else data)
+    return str(path)
+
+
 def hh_records() -> list[dict]:
     with gzip.open(HH_FILE, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f]

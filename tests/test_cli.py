@@ -1,11 +1,12 @@
 """The command lines' error reporting: the user's mistakes in one line, bugs with a traceback."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 
-from tests.test_entry import ROOT, run_train
+from tests.test_entry import ROOT, SMALL, run_train
 
 from hafrm_jax import cli
 from hafrm_jax.configuration import ConfigError
@@ -52,3 +53,31 @@ def test_eval_py_reports_a_missing_checkpoint_in_one_line(tmp_path):
     assert out.stderr.strip().splitlines()[-1] == (  # eval's setting, not training's
         f"eval.py: error: checkpoint='{tmp_path / 'none'}' is not a directory")
     assert "Unable to initialize backend" not in out.stderr  # JAX's chatter is not logged
+
+
+@pytest.mark.parametrize("args, message", [
+    # The default recipe: ml_collections applies the override while train.py defines the flag.
+    (["--config.train.stpes=4"],
+     "--config.train.stpes=4: unknown config key 'train.stpes' (did you mean train.steps?)"),
+    # A recipe given: the override is applied while absl parses the flags.
+    (["--config=configs/default.py", "--config.trian.steps=4"],
+     "--config.trian.steps=4: unknown config key 'trian.steps' (did you mean train.steps?)"),
+    (["--config.data.options.single_turn=True"],
+     "--config.data.options.single_turn=True: the recipe sets no data.options.single_turn; "
+     "data.options takes new keys only as a whole group, e.g. "
+     "--config.data.options=\"{'single_turn': True}\" (replacing the recipe's)"),
+    (["--config", "configs/nope.py:arg"], "--config configs/nope.py:arg: no such config file"),
+])
+def test_config_flag_mistakes_are_one_line(args, message):
+    out = run_train(*args)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [f"train.py: error: {message}"]
+
+
+def test_a_free_form_group_takes_new_keys_whole(tmp_path):
+    # What the message above suggests works: options the default recipe does not set.
+    out = run_train(f"--workdir={tmp_path}", "--config.data.options={'single_turn': True}",
+                    *SMALL)
+    assert out.returncode == 0, out.stderr[-2000:]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["data"]["options"] == {"single_turn": True}

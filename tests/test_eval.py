@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.helpers import write_jsonl
 from tests.train.test_loop import small_config
 
 from hafrm_jax.data.readers import DataError
@@ -31,11 +32,6 @@ def scorer(workdir):
     return load_scorer(workdir)
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 def test_pairs_on_the_runs_test_split_match_training(workdir, scorer):
     results = evaluate_pair_sets(scorer, pair_sets_from_config(scorer), bootstrap=200)
     test = results["test"]
@@ -56,6 +52,9 @@ def test_undecodable_or_incomplete_rows_are_named_by_file_and_line(tmp_path):
         read_rows(str(path), required=("prompt", "response"))
     with pytest.raises(DataError, match=r"rows.jsonl:1: field 'chosen': missing"):
         read_rows(str(path), required=("prompt", "chosen"))
+    path.write_text('["a", "b"]\n')
+    with pytest.raises(DataError, match=r"rows.jsonl:1: expected a JSON object, got list"):
+        read_rows(str(path))
     path.write_text("not json\n")
     with pytest.raises(DataError, match=r"rows.jsonl:1: invalid JSON"):
         detect_format(str(path))

@@ -366,12 +366,18 @@ def iter_records(path: PathLike) -> Iterator[tuple[str, Any]]:
         yield f"{path}: record index {index}", record
 
 
-def _parse(reader: Reader, record: Any, options: dict) -> PreferencePair | str:
+def as_object(record: Any) -> dict:
+    """A record from `iter_records` that is a JSON object; else raise its RecordError (an
+    undecodable line) or a wrong-type one."""
     if isinstance(record, RecordError):
         raise record
     if not isinstance(record, dict):
         raise RecordError("wrong_type", f"expected a JSON object, got {_type_name(record)}")
-    return reader.parse(record, **options)
+    return record
+
+
+def _parse(reader: Reader, record: Any, options: dict) -> PreferencePair | str:
+    return reader.parse(as_object(record), **options)
 
 
 def _read(source: str, located: Iterable[tuple[str, Any]], reader: Reader, options: dict,

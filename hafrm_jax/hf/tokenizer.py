@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from hafrm_jax.hf import gguf
+from hafrm_jax.hf.config import UnsupportedModelError
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +20,8 @@ def load_tokenizer(directory: str):
 
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"the tokenizer in {directory} has no EOS token, which every sequence "
-                         "ends with and where the reward is read")
+        raise UnsupportedModelError(f"the tokenizer in {directory} has no EOS token, which "
+                                    "every sequence ends with and where the reward is read")
     ensure_pad_token(tokenizer)
     return tokenizer
 

@@ -12,6 +12,7 @@ import pytest
 
 from hafrm_jax.data.readers import READERS, DataError, read_preference_file
 from hafrm_jax.data.records import PreferencePair
+from tests.helpers import write_jsonl
 
 HH_SAMPLE = (__import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data"
              / "hh-rlhf" / "harmless-base-test-1800.jsonl.gz")
@@ -23,16 +24,6 @@ def user(text):
 
 def turn(role, text):
     return {"role": role, "content": text}
-
-
-def write_jsonl(path, records):
-    """Records are dicts (dumped) or bytes (written as they are, for malformed lines)."""
-    lines = [r if isinstance(r, bytes) else json.dumps(r).encode() for r in records]
-    data = b"\n".join(lines) + b"\n"
-    if str(path).endswith(".gz"):
-        data = gzip.compress(data)
-    path.write_bytes(data)
-    return path
 
 
 def write_json(path, records):

@@ -12,16 +12,12 @@ from configs.default import get_config
 from hafrm_jax.configuration import ConfigError
 from hafrm_jax.data.pipeline import load_records
 from hafrm_jax.data.sources import read_splits
+from tests.helpers import write_jsonl
 
 
 def hh(i, good="yes"):
     return {"chosen": f"\n\nHuman: q{i}\n\nAssistant: {good} {i}",
             "rejected": f"\n\nHuman: q{i}\n\nAssistant: no {i}"}
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
 
 
 def hh_config(**files):

@@ -95,3 +95,15 @@ def test_pad_equal_to_eos_is_replaced():
     keep = FakeTokenizer({"</s>": 0, "<pad>": 5}, pad="<pad>")
     ensure_pad_token(keep)
     assert keep.pad_token == "<pad>"
+
+
+def test_a_tokenizer_without_eos_is_an_unsupported_model(tmp_path):
+    from hafrm_jax.hf.config import UnsupportedModelError
+    from hafrm_jax.hf.tokenizer import load_tokenizer
+    from tests.helpers import bpe_tokenizer
+
+    tokenizer = bpe_tokenizer(["a reward is read at the last token"], vocab_size=300)
+    tokenizer.eos_token = None
+    tokenizer.save_pretrained(str(tmp_path))
+    with pytest.raises(UnsupportedModelError, match=f"the tokenizer in {tmp_path} has no EOS"):
+        load_tokenizer(str(tmp_path))

@@ -193,10 +193,9 @@ def test_train_lm_head_on_a_tied_model_is_warned_not_ignored_silently(caplog):
 
 def test_fewer_training_pairs_than_a_batch_is_a_config_error(tmp_path):
     """Read from files, the training split's size is known only once read and tokenised."""
-    from tests.helpers import bpe_tokenizer, tiny_checkpoint
+    from tests.helpers import bpe_tokenizer, tiny_checkpoint, write_jsonl
 
     from hafrm_jax.configuration import ConfigError
-    from hafrm_jax.evaluation_cli import write_jsonl
 
     records = [{"prompt": f"question {i}", "chosen": "a kind answer", "rejected": "a rude one"}
                for i in range(5)]
@@ -207,7 +206,6 @@ def test_fewer_training_pairs_than_a_batch_is_a_config_error(tmp_path):
     config.data.source = "generic"
     for split, part in (("train", records[:3]), ("validation", records[3:]),
                         ("test", records[3:])):
-        config.data.files[split] = str(tmp_path / f"{split}.jsonl")
-        write_jsonl(config.data.files[split], part)
+        config.data.files[split] = write_jsonl(tmp_path / f"{split}.jsonl", part)
     with pytest.raises(ConfigError, match="train.batch_size=4 is more than the 3 training pairs"):
         train_and_evaluate(config, str(tmp_path / "run"))
