@@ -31,11 +31,16 @@ USER_ERRORS = (ConfigError, DataError, UnsupportedModelError, NonFiniteError, Fi
 
 
 def _fail(message: str) -> NoReturn:
-    sys.exit(f"{os.path.basename(sys.argv[0])}: error: {message}")
+    """Exit with status 1 and `<program>: error: <message>`, the message on one line (a quoted
+    exception, such as the hub client's when offline, may run over several)."""
+    one_line = re.sub(r"\s*\n\s*", " ", message.strip())
+    sys.exit(f"{os.path.basename(sys.argv[0])}: error: {one_line}")
 
 
 # The names of the config flags defined through `define_config_file`, for `parse_flags`.
 _CONFIG_FLAGS: list[str] = []
+# Flags defined through this module belong to its caller (train.py's --helpshort lists --config).
+flags.disclaim_key_flags()
 
 
 def _config_files_given(argv: list[str], name: str) -> list[tuple[str, str]]:

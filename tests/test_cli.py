@@ -28,6 +28,19 @@ def test_a_user_error_exits_with_one_line(monkeypatch, error):
     assert exit_info.value.code == f"train.py: error: {error}"  # printed to stderr, status 1
 
 
+def test_a_message_over_several_lines_is_joined(monkeypatch):
+    def main(argv):  # what resolve_checkpoint raises offline, quoting the hub client's error
+        raise FileNotFoundError("model.name_or_path='org/model' is neither a local directory nor "
+                                "a hub model that could be downloaded (LocalEntryNotFoundError: "
+                                "Got: ConnectError\nAn error happened)\n")
+
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main)
+    assert exit_info.value.code.endswith("(LocalEntryNotFoundError: Got: ConnectError An error "
+                                         "happened)")
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch):
     def main(argv):
         raise KeyError("a bug, not the user's input")
@@ -81,3 +94,8 @@ def test_a_free_form_group_takes_new_keys_whole(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["data"]["options"] == {"single_turn": True}
+
+
+def test_the_config_flag_is_in_the_scripts_short_help():
+    out = run_train("--helpshort")  # absl's help exits with status 1
+    assert "--config: Training recipe: a configs/*.py file." in out.stdout
