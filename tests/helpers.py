@@ -1,5 +1,6 @@
-"""Builders shared by tests: a real subword tokenizer and a tiny pretrained-style checkpoint,
-made offline from the HH-RLHF sample and our own exporter; and bench/gpu_compile.py's output."""
+"""Builders shared by tests: JSONL data files, a real subword tokenizer and a tiny
+pretrained-style checkpoint, made offline from the HH-RLHF sample and our own exporter; and
+bench/gpu_compile.py's output."""
 
 import gzip
 import json
