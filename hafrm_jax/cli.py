@@ -20,7 +20,8 @@ from typing import NoReturn
 from absl import app, flags
 from ml_collections import config_flags
 
-from hafrm_jax.configuration import FREE_FORM, ConfigError, is_known_key, unknown_key_message
+from hafrm_jax.configuration import (ConfigError, free_form_group, is_known_key,
+                                     unknown_key_message)
 from hafrm_jax.data.readers import DataError
 from hafrm_jax.hf.config import UnsupportedModelError
 from hafrm_jax.train.loop import NonFiniteError
@@ -70,7 +71,7 @@ def _override_error(argv: list[str], name: str, error: Exception) -> str:
         if not is_known_key(key):
             return f"{arg}: {unknown_key_message(key)}"
     for arg, key in overrides:
-        group = next((g for g in FREE_FORM if key.startswith(g + ".")), None)
+        group = free_form_group(key)
         if group:
             leaf, value = key[len(group) + 1:], arg.split("=", 1)[-1]
             whole = "{...}" if "." in leaf else f"{{'{leaf}': {value}}}"

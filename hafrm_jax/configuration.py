@@ -117,9 +117,14 @@ def schema_types() -> dict[str, type]:
     return _schema_types(default_config())
 
 
+def free_form_group(name: str) -> str | None:
+    """The free-form group that `name` lies in ("data.options.x" -> "data.options"), if any."""
+    return next((group for group in FREE_FORM if name.startswith(group + ".")), None)
+
+
 def is_known_key(name: str) -> bool:
     """Whether `name` ("train.steps") is a key of the schema or lies in a free-form group."""
-    return name in schema_types() or any(name.startswith(f + ".") for f in FREE_FORM)
+    return name in schema_types() or free_form_group(name) is not None
 
 
 def unknown_key_message(name: str) -> str:
@@ -161,8 +166,7 @@ def _check_schema(config: ml_collections.ConfigDict) -> None:
                                   f"{type(value).__name__} {value!r}")
 
     walk(config, "")
-    missing = sorted(k for k in expected if k not in seen and not any(
-        k.startswith(f + ".") for f in FREE_FORM))
+    missing = sorted(k for k in expected if k not in seen)  # the schema stops at free-form groups
     if missing:
         raise ConfigError(f"config is missing key(s) {missing[:5]}: start recipes from "
                           "configs/default.py's get_config()")
