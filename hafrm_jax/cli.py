@@ -5,8 +5,9 @@ messages already say what is wrong and where (file, line and field; the config k
 traceback would only bury them. Any other exception is a bug and keeps its traceback.
 
 The same holds before `main` runs, while absl parses the flags: a `--config=` file that does not
-exist and an override of a key no run config has (`--config.train.stpes=4`) fail inside
-ml_collections' flag parsing, with its traceback, unless caught there."""
+exist or defines no `get_config()`, and an override of a key no run config has
+(`--config.train.stpes=4`), fail inside ml_collections' flag parsing, with its traceback,
+unless caught there."""
 
 from __future__ import annotations
 
@@ -93,7 +94,8 @@ def define_config_file(name: str, default: str | None, help_string: str) -> flag
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing (its usage errors included), with the config flags' mistakes in one
-    line: a config file that does not exist, an override of a key that the config lacks."""
+    line: a config file that does not exist or has no `get_config()`, an override of a key
+    that the config lacks."""
     for name in _CONFIG_FLAGS:
         for arg, path in _config_files_given(argv, name):
             if not os.path.isfile(path):
@@ -101,6 +103,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as error:  # ml_collections: an override's key is missing
+        if "has no attribute 'get_config'" in str(error):  # the recipe module lacks it
+            recipes = [arg for name in _CONFIG_FLAGS for arg, _ in _config_files_given(argv, name)]
+            _fail(f"{', '.join(recipes) or 'the default --config'}: the recipe defines no "
+                  "get_config() (a config file returns its ConfigDict from get_config())")
         overridden = [name for name in _CONFIG_FLAGS if _overrides(argv, name)]
         if not overridden:
             raise

@@ -87,6 +87,17 @@ def test_config_flag_mistakes_are_one_line(args, message):
     assert out.stderr.strip().splitlines() == [f"train.py: error: {message}"]
 
 
+def test_a_recipe_without_get_config_is_one_line(tmp_path):
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text("import ml_collections\n\n\ndef config():  # not get_config\n"
+                      "    return ml_collections.ConfigDict()\n")
+    out = run_train(f"--config={recipe}", "--config.train.steps=4")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [
+        f"train.py: error: --config={recipe}: the recipe defines no get_config() (a config file "
+        "returns its ConfigDict from get_config())"]
+
+
 def test_a_free_form_group_takes_new_keys_whole(tmp_path):
     # What the message above suggests works: options the default recipe does not set.
     out = run_train(f"--workdir={tmp_path}", "--config.data.options={'single_turn': True}",
