@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bench.sweep import fastest_agreeing, read_rows, relative_error, run_sweep  # noqa: E402
+from bench.sweep import (fastest_agreeing, parse_sweep_args, relative_error,  # noqa: E402
+                         run_sweep)
 from bench.train_step import median_seconds  # noqa: E402
 from hafrm_jax.model.config import PRESETS  # noqa: E402
 from hafrm_jax.model.mlp_kernel import (MlpBlocks, gate_up_gradients,  # noqa: E402
@@ -143,19 +144,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--stages", default=str(MlpBlocks().stages), help="comma-separated")
     parser.add_argument("--iters", type=int, default=10, help="samples of the median")
     parser.add_argument("--calls", type=int, default=20, help="calls back to back a sample")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="start no configuration after this many seconds")
-    parser.add_argument("--json", default=None, help="append each row to this JSON-lines file")
-    parser.add_argument("--smoke", action="store_true", help=f"tiny: {' '.join(SMOKE)}")
-    parser.add_argument("--print-best", metavar="JSONL", default=None,
-                        help="print the case options (bench/train_step.py) of the fastest "
-                        "kernel row in this file of an earlier sweep, and exit")
-    args = parser.parse_args(argv)
-    if args.print_best:
-        print(best_kernel_options(read_rows(args.print_best)))
+    args = parse_sweep_args(parser, argv, SMOKE, best_kernel_options)
+    if args is None:  # --print-best
         return []
-    if args.smoke:
-        args = parser.parse_args(SMOKE + (argv if argv is not None else sys.argv[1:]))
     try:
         configs = sweep_configs(args.tiles.split(","), [int(w) for w in args.warps.split(",")],
                                 [int(s) for s in args.stages.split(",")])

@@ -1,15 +1,40 @@
 """What the kernel sweeps share (bench/lm_head_sweep.py, bench/mlp_kernel_sweep.py): running each
 configuration once within a time budget, a configuration that fails reported as an error row
 while the rest go on, each row printed and appended to a JSON-lines file as it comes, and the
-fastest kernel row of such a file read back (`--print-best`, to time it in the whole step)."""
+fastest kernel row of such a file read back (`--print-best`, to time it in the whole step), and
+the command-line options for all that."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
+
+
+def parse_sweep_args(parser: argparse.ArgumentParser, argv: list[str] | None, smoke: list[str],
+                     best_options: Callable[[list[dict]], str]) -> argparse.Namespace | None:
+    """`parser`'s arguments plus the sweeps' own (--budget-s, --json, --smoke, --print-best).
+    With --print-best, prints `best_options` of that file's rows and returns None (the caller
+    exits); with --smoke, the `smoke` arguments come first, so that the user's still win."""
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no configuration after this many seconds")
+    parser.add_argument("--json", default=None, help="append each row to this JSON-lines file")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny: {' '.join(smoke)}")
+    parser.add_argument("--print-best", metavar="JSONL", default=None,
+                        help="print the case options (bench/train_step.py) of the fastest "
+                        "kernel row in this file of an earlier sweep, and exit")
+    args = parser.parse_args(argv)
+    if args.print_best:
+        print(best_options(read_rows(args.print_best)))
+        return None
+    if args.smoke:
+        args = parser.parse_args(smoke + (argv if argv is not None else sys.argv[1:]))
+    return args
 
 
 def relative_error(result, reference) -> float:
