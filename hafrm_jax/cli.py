@@ -39,8 +39,8 @@ def _fail(message: str) -> NoReturn:
     sys.exit(f"{os.path.basename(sys.argv[0])}: error: {one_line}")
 
 
-# The names of the config flags defined through `define_config_file`, for `parse_flags`.
-_CONFIG_FLAGS: list[str] = []
+# The config flags defined through `define_config_file`, for `parse_flags`: name -> default file.
+_CONFIG_FLAGS: dict[str, str | None] = {}
 # Flags defined through this module belong to its caller (train.py's --helpshort lists --config).
 flags.disclaim_key_flags()
 
@@ -85,7 +85,7 @@ def define_config_file(name: str, default: str | None, help_string: str) -> flag
     """ml_collections' `config_flags.DEFINE_config_file`, locked (a misspelt key in code fails),
     with its mistakes reported by `parse_flags`. A default recipe is loaded, and its overrides
     applied, right here, so an override's error is reported here too."""
-    _CONFIG_FLAGS.append(name)
+    _CONFIG_FLAGS[name] = default
     try:
         return config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
     except (AttributeError, KeyError) as error:
@@ -95,11 +95,16 @@ def define_config_file(name: str, default: str | None, help_string: str) -> flag
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing (its usage errors included), with the config flags' mistakes in one
     line: a config file that does not exist or has no `get_config()`, an override of a key
-    that the config lacks."""
-    for name in _CONFIG_FLAGS:
-        for arg, path in _config_files_given(argv, name):
+    that the config lacks, an override without a config to override."""
+    for name, default in _CONFIG_FLAGS.items():
+        files = _config_files_given(argv, name)
+        for arg, path in files:
             if not os.path.isfile(path):
                 _fail(f"{arg}: no such config file")
+        overrides = _overrides(argv, name)
+        if overrides and not files and default is None:  # absl: "Unknown command line flag"
+            _fail(f"{overrides[0][0]}: overrides a key of --{name}, which is not given (give "
+                  f"--{name}=<recipe file> too)")
     try:
         return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as error:  # ml_collections: an override's key is missing

@@ -87,6 +87,17 @@ def test_config_flag_mistakes_are_one_line(args, message):
     assert out.stderr.strip().splitlines() == [f"train.py: error: {message}"]
 
 
+def test_an_override_without_its_config_is_one_line(tmp_path):
+    # eval.py's --config has no default recipe (the workdir's config is read instead).
+    out = subprocess.run([sys.executable, "eval.py", f"--workdir={tmp_path}",
+                          "--config.data.max_length=64"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [
+        "eval.py: error: --config.data.max_length=64: overrides a key of --config, which is not "
+        "given (give --config=<recipe file> too)"]
+
+
 def test_a_recipe_without_get_config_is_one_line(tmp_path):
     recipe = tmp_path / "recipe.py"
     recipe.write_text("import ml_collections\n\n\ndef config():  # not get_config\n"
