@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 
 from hafrm_jax.configuration import ConfigError
-from hafrm_jax.data.readers import (ReadResult, merge_results, read_preference_file,
-                                    read_preference_records)
+from hafrm_jax.data.readers import (DataError, ReadResult, RecordError, merge_results,
+                                    read_preference_file, read_preference_records)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def _tfds_records(data: ml_collections.ConfigDict, split: str) -> Iterable[Mappi
             from e
     builder = tfds.builder(data.tfds.name, data_dir=data.tfds.data_dir)
     builder.download_and_prepare()
-    return (_decoded(r) for r in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    return (_decoded(r) for r in tfds.as_numpy(dataset))
 
 
 def _configured_source(data: ml_collections.ConfigDict) -> str:
@@ -109,6 +110,31 @@ def read_split(data: ml_collections.ConfigDict, split: str) -> ReadResult | None
                         for where, records in _hub_parts(data, name)])
     return read_preference_records(_tfds_records(data, name), f"tfds:{data.tfds.name}[{name}]",
                                    **common)
+
+
+def _split_source(data: ml_collections.ConfigDict, split: str) -> str:
+    """Where a split's records come from, as the config keys that say so."""
+    kind = _configured_source(data)
+    if kind == "files":
+        return f"data.files.{split}={data.files[split]!r}"
+    where = (f"data.hub.path={data.hub.path!r}" if kind == "hub"
+             else f"data.tfds.name={data.tfds.name!r}")
+    return f"{where}, data.splits.{split}={data.splits[split]!r}"
+
+
+def _check_not_empty(data: ml_collections.ConfigDict, split: str, result: ReadResult) -> None:
+    """A configured split that gave no pair at all (an empty file, every record skipped or
+    filtered) is a DataError naming the source and where its records went, rather than a
+    confusing failure further on (an empty hold-out, a split smaller than the hosts)."""
+    if result.pairs:
+        return
+    fates = [f"{result.records} records read"]
+    if result.skipped:
+        fates.append(f"skipped as bad input {dict(sorted(result.skipped.items()))}")
+    if result.filtered:
+        fates.append(f"filtered {dict(sorted(result.filtered.items()))}")
+    raise DataError(_split_source(data, split),
+                    RecordError("no_pairs", f"no preference pairs ({'; '.join(fates)})"))
 
 
 def hold_out(result: ReadResult, fraction: float, seed: int, key: str = "data.validation_fraction"
@@ -151,6 +177,9 @@ def read_splits(data: ml_collections.ConfigDict) -> dict[str, ReadResult]:
     """
     results = {split: read_split(data, split) for split in SPLITS}
     results = {split: r if r is None else drop_duplicates(r) for split, r in results.items()}
+    for split, result in results.items():
+        if result is not None:
+            _check_not_empty(data, split, result)
     if results["train"] is None:
         raise ConfigError(f"data.source={data.source!r}: no train split is configured")
     if results["test"] is None:

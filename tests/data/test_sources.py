@@ -1,6 +1,5 @@
 """Sources: local files (globs), the hub (a stand-in `datasets` module), split hold-outs."""
 
-import json
 import sys
 import types
 
@@ -11,6 +10,7 @@ from configs.default import get_config
 
 from hafrm_jax.configuration import ConfigError
 from hafrm_jax.data.pipeline import load_records
+from hafrm_jax.data.readers import DataError
 from hafrm_jax.data.sources import read_splits
 from tests.helpers import write_jsonl
 
@@ -128,6 +128,29 @@ def test_max_train_pairs_and_missing_files(tmp_path):
     config.data.files.test = str(tmp_path / "missing-*.jsonl")
     with pytest.raises(FileNotFoundError, match="data.files.test"):
         load_records(config)
+
+
+def test_a_split_without_pairs_names_its_source_and_where_the_records_went(tmp_path):
+    train = write_jsonl(tmp_path / "t.jsonl", [hh(i) for i in range(20)])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")  # blank lines are no records
+    config = hh_config(train=train, test=str(empty))
+    with pytest.raises(DataError, match=rf"^data.files.test='{empty}': no preference pairs "
+                                        r"\(0 records read\)$"):
+        read_splits(config.data)
+    # Every record skipped as bad input, or filtered: counted in the message.
+    config.data.files.test = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": 1}] * 3)
+    config.data.on_error = "skip"
+    with pytest.raises(DataError, match=r"no preference pairs \(3 records read; skipped as bad "
+                                        r"input \{'wrong_type': 3\}\)"):
+        read_splits(config.data)
+    two_turns = "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: "
+    config.data.files.test = write_jsonl(tmp_path / "multi.jsonl", [
+        {"chosen": two_turns + "yes", "rejected": two_turns + "no"}, {"chosen": 2}])
+    config.data.options = {"single_turn": True}
+    with pytest.raises(DataError, match=r"\(2 records read; skipped as bad input "
+                                        r"\{'wrong_type': 1\}; filtered \{'multi_turn': 1\}\)"):
+        read_splits(config.data)
 
 
 def test_exactly_one_kind_of_source(tmp_path):
