@@ -11,7 +11,6 @@ themselves count; what the streaming saves is the transient on top of them.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile

@@ -80,7 +80,7 @@ def run(shape: str, mode: str, pairs: int, seq: int, steps: int, compile_: bool)
                tokens_per_s=round(batch * seq / step_s),
                tflops=round(step_flops(cfg, pairs, seq, mode != "rm") / step_s / 1e12, 2),
                warmup_s=round(warmup, 1), peak_mem_gb=peak, loss=float(loss))
-    del model, opt
+    model = opt = None  # the closure above holds them: free their memory before the next case
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

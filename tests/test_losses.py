@@ -1,6 +1,5 @@
 """The objective's math against an independent numpy reference, for every method and variant."""
 
-import itertools
 
 import jax.numpy as jnp
 import numpy as np

@@ -1,6 +1,5 @@
 """The demo notebook runs top to bottom (at a tiny size), so that it cannot rot."""
 
-import os
 import pathlib
 
 import pytest

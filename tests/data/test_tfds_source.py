@@ -3,7 +3,6 @@
 Needs the [tfds] extra (tensorflow-datasets with tensorflow-cpu); CI installs it.
 """
 
-import json
 
 import pytest
 
