@@ -602,3 +602,18 @@ def test_lm_head_sweep_reports_a_failed_configuration_and_goes_on(monkeypatch, c
         sweep.sweep_configs(["fused"], ["128x128x64"], ["auto"], [3])
     with pytest.raises(ValueError, match="rows x vocab x depth"):
         sweep.sweep_configs(["kernels"], ["128x128"], ["auto"], [3])
+
+
+def test_tokenize_speed_times_each_chunk_size_on_the_same_tokens():
+    """bench/tokenize_speed.py --smoke: a row per ENCODE_CHUNK, the same tokens whatever the
+    chunk, and the library's chunk size restored after."""
+    from bench.tokenize_speed import main
+    from hafrm_jax.data import tokenize
+
+    default = tokenize.ENCODE_CHUNK
+    rows = main(["--smoke", "--chunks=1,7,1024"])
+    assert [row["chunk"] for row in rows] == [1, 7, 1024]
+    assert len({row["tokens"] for row in rows}) == 1 and rows[0]["tokens"] > 0
+    assert all(row["pairs"] == 200 and row["pairs_per_s"] > 0 for row in rows)
+    assert tokenize.ENCODE_CHUNK == default
+

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hafrm_jax.data import synthetic
+from hafrm_jax.data import synthetic, tokenize
 from hafrm_jax.data.batching import EpochSampler, eval_batches, flip_labels, make_batch
 from hafrm_jax.data.records import PreferencePair
 from hafrm_jax.data.tokenize import tokenize_pairs, tokenize_responses
@@ -96,6 +96,39 @@ def test_identical_after_truncation_are_dropped_and_counted(tokenizer):
              PreferencePair("cat", "dog", "owl")]
     data, stats = tokenize_pairs(pairs, tokenizer, max_length=4, max_prompt_length=1)
     assert len(data) == 1 and stats.identical_dropped == 1 and stats.pairs_in == 2
+
+
+@pytest.mark.parametrize("chat_format", ["auto", "hh"])
+def test_encoding_a_chunk_a_call_gives_what_one_call_a_text_gives(monkeypatch, chat_format):
+    """Texts are encoded ENCODE_CHUNK items a tokenizer call (the tokenizer's threads): chunk
+    boundaries, chat turns and plain text, BOS, cuts and dropped pairs change nothing."""
+    tok = _tokenizer_with_bos(adds_it=True)
+    tok.chat_template = ("{% for m in messages %}{{ m['content'] }} {% endfor %}"
+                         "{% if add_generation_prompt %}h {% endif %}")
+    words = "a b c d e f g h".split()
+    rng = np.random.default_rng(0)
+    pairs = [PreferencePair([{"role": "user", "content": " ".join(rng.choice(words, n))}]
+                            if n % 2 else " ".join(rng.choice(words, n)),
+                            " ".join(rng.choice(words, 1 + n % 4)), " ".join(rng.choice(words, 2)))
+             for n in rng.integers(1, 9, size=23)]
+    pairs.append(PreferencePair("a", "b c d e f g", "b c d e f h"))  # identical once cut
+
+    def tokenized():
+        data, stats = tokenize_pairs(pairs, tok, 8, 5, chat_format, indices=np.arange(24) + 7)
+        scored = tokenize_responses([p.prompt for p in pairs], [p.chosen for p in pairs], tok,
+                                    8, 5, chat_format)
+        return [data.tokens, data.lengths, data.prompt_lengths, data.index, scored.tokens,
+                scored.lengths, scored.prompt_lengths], stats
+
+    monkeypatch.setattr(tokenize, "ENCODE_CHUNK", 1)  # one tokenizer call a text
+    one_a_call, stats = tokenized()
+    assert stats.identical_dropped == 1 and stats.prompts_truncated > 0
+    for chunk in (5, 1024):
+        monkeypatch.setattr(tokenize, "ENCODE_CHUNK", chunk)
+        arrays, chunked_stats = tokenized()
+        assert chunked_stats == stats
+        for got, want in zip(arrays, one_a_call):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_prompt_must_leave_room(tokenizer):
