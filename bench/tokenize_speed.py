@@ -14,7 +14,6 @@ split, so this is start-up time on each of them (and again on every resume).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import sys
@@ -55,7 +54,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--iters", type=int, default=5, help="timed runs of each (median)")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, 2 runs")
     args = parser.parse_args(argv)
-    logging.disable(logging.WARNING)  # the reader's skip summary, repeated per run
     pairs, tokenizer = load_inputs(args)
     pairs = pairs * args.repeat
     iters = 2 if args.smoke else args.iters
