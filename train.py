@@ -54,6 +54,7 @@ def main(argv):
     del argv
     distributed.claim_gpu_memory()  # 95% of each GPU, not JAX's 75% (before the backend starts)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.keep_cpu_buffers()  # on CPU: no page faults every step (~1.5x)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     if jax.process_count() > 1 and not _WORKDIR.value:
         raise app.UsageError("a multi-process job needs an explicit --workdir that every "

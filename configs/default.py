@@ -1,6 +1,6 @@
 """The embedded default: a tiny reward model on the built-in repeat/reverse preference task.
 
-Needs no network and no files; about a minute and a half on a 2-core CPU. Run:
+Needs no network and no files; under a minute on a 2-core CPU. Run:
   python train.py                                  # this config
   python train.py --config.train.method=baseline   # any key can be overridden
 

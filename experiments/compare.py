@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from configs import default as default_recipe  # noqa: E402
-from hafrm_jax import cli  # noqa: E402
+from hafrm_jax import cli, distributed  # noqa: E402
 from hafrm_jax.experiments import (Variant, run_grid, summarise,  # noqa: E402
                                    training_free_baselines, write_report)
 
@@ -40,6 +40,7 @@ _BASELINES = flags.DEFINE_bool("baselines", True, "Add chance and, for a pretrai
 
 def main(argv):
     del argv
+    distributed.keep_cpu_buffers()
     variants = [Variant(m) for m in _METHODS.value]
     variants += [Variant("haf", float(a)) for a in _ALPHAS.value]
     runs = run_grid(_CONFIG.value, variants, [int(s) for s in _SEEDS.value],

@@ -617,3 +617,16 @@ def test_tokenize_speed_times_each_chunk_size_on_the_same_tokens():
     assert all(row["pairs"] == 200 and row["pairs_per_s"] > 0 for row in rows)
     assert tokenize.ENCODE_CHUNK == default
 
+
+
+def test_cpu_allocator_bench_runs_the_same_training_in_both_settings():
+    """bench/cpu_allocator.py --smoke: a row per setting, from the child's own rusage; the
+    allocator changes no number the training computes."""
+    from bench.cpu_allocator import SETTINGS, main
+
+    rows = main(["--smoke"])
+    assert [row["setting"] for row in rows] == list(SETTINGS)
+    assert [row["kept"] for row in rows] == [False, True]
+    assert rows[0]["accuracy"] == rows[1]["accuracy"]
+    assert all(row["wall_s"] > 0 and row["minor_faults"] > 0 and row["peak_rss_mb"] > 0
+               for row in rows)
