@@ -1,7 +1,7 @@
 """The default job on CPU with glibc's malloc as it comes, and as `keep_cpu_buffers` sets it.
 
 XLA:CPU mallocs each call's temporaries; with glibc's defaults they go back to the kernel after
-every call and the next call page-faults them in again. train.py, eval.py and the test suite
+every call and the next call page-faults them in again. train.py and experiments/compare.py
 call `hafrm_jax.distributed.keep_cpu_buffers()`; this runs the same training in a fresh process
 per setting, alternating (`--repeat` rounds), and prints each run's wall time, CPU time in user
 space and in the kernel, minor page faults and peak resident memory (the child's own rusage).

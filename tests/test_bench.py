@@ -618,7 +618,6 @@ def test_tokenize_speed_times_each_chunk_size_on_the_same_tokens():
     assert tokenize.ENCODE_CHUNK == default
 
 
-
 def test_cpu_allocator_bench_runs_the_same_training_in_both_settings():
     """bench/cpu_allocator.py --smoke: a row per setting, from the child's own rusage; the
     allocator changes no number the training computes."""
