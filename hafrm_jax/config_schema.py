@@ -94,6 +94,9 @@ def default_config() -> ml_collections.ConfigDict:
     # batch and stop, naming settings that would fit, if it needs more than a device has
     train.wandb = False  # also log to Weights & Biases (pip install wandb)
     train.wandb_project = "hafrm-jax"
+    # Compiled programs kept between runs of the workdir, so a resume reads rather than
+    # compiles them: a path inside the workdir, an absolute one shared by runs, "" off
+    train.compilation_cache_dir = "compilation_cache"
     train.allow_config_change = False  # resume even if the workdir's run used another model,
     # batch size, seed, method or data
 

@@ -629,3 +629,19 @@ def test_cpu_allocator_bench_runs_the_same_training_in_both_settings():
     assert rows[0]["accuracy"] == rows[1]["accuracy"]
     assert all(row["wall_s"] > 0 and row["minor_faults"] > 0 and row["peak_rss_mb"] > 0
                for row in rows)
+
+
+def test_compile_cache_bench_resumes_with_and_without_the_cache():
+    """bench/compile_cache.py --smoke: the resume with the cache reads programs, the one
+    without compiles them all, and both end with the same test accuracy."""
+    from bench.compile_cache import main
+
+    first, cached, uncached = main(["--smoke"])
+    assert first["step"] == 2 and first["accuracy"] is None
+    assert first["compiling"]["programs"] > 0 and first["compiling"]["read_from_cache"] == 0
+    assert cached["process"] == "resumed, cache" and uncached["process"] == "resumed, no cache"
+    assert cached["step"] == uncached["step"] == 4
+    assert cached["compiling"]["read_from_cache"] >= 2
+    assert uncached["compiling"]["read_from_cache"] == 0
+    assert uncached["compiling"]["cache"] is None
+    assert cached["accuracy"] == uncached["accuracy"]

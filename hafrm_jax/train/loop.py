@@ -33,6 +33,7 @@ from hafrm_jax.objective import LossConfig
 from hafrm_jax.sharding import (batch_sharding, data_parallel_size, device_description,
                                 host_batch_to_global, make_mesh, replicated,
                                 traced_under_rules)
+from hafrm_jax.train import compilation_cache
 from hafrm_jax.train.memory import check_step_fits, device_memory_limit
 from hafrm_jax.train.metrics_writer import MetricsWriter
 from hafrm_jax.train.optimizer import make_optimizer
@@ -85,6 +86,7 @@ class RunResult:
     test: dict[str, float] | None
     state: TrainState | None = None  # the final train state (params, optimizer state, ...)
     last_train_metrics: dict[str, float] | None = None  # the last logged train/... means
+    compiling: compilation_cache.CompileReport | None = None  # this invocation's compiles
 
 
 def _check_batch_fits(config, mesh, rules) -> None:
@@ -134,10 +136,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Train with `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
     `stop_condition(step)` lets a caller end the run early after a step (it is checkpointed
-    first), as a preemption signal does.
+    first), as a preemption signal does. Compiled programs are kept in
+    `train.compilation_cache_dir` (inside the workdir by default), so running again there
+    reads them instead of compiling.
     """
-    started = time.perf_counter()
     configuration.validate(config)
+    cache = compilation_cache.cache_directory(config.train.compilation_cache_dir, workdir)
+    with compilation_cache.persistent_compilation_cache(cache) as compiling:
+        result = _train_and_evaluate(config, workdir, stop_condition, compiling)
+    log.info("%s", compiling.summary())
+    return result
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stop_condition: StopCondition | None,
+                        compiling: compilation_cache.CompileReport) -> RunResult:
+    started = time.perf_counter()
     t = config.train
 
     # Model, tokenizer, mesh: every check that needs no data, before any data is read.
@@ -311,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpoints.wait()
 
     result = RunResult(workdir, step, step == t.steps, checkpoints.best_step(), validation, None,
-                       state, last_logged)
+                       state, last_logged, compiling)
     if not result.completed:
         log.info("stopped at step %d of %d; run again with --workdir=%s to resume", step,
                  t.steps, workdir)
@@ -338,6 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         "flipped_train_pairs": len(data.flipped),
         # This invocation's wall time (a resumed run counts only its last part).
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "compiling": compiling.as_dict(),  # this invocation's too
         "device": device_description(),
     })
     return result
