@@ -1,16 +1,18 @@
 """A resumed run with the workdir's compilation cache, and without it.
 
-One run trains to `--stop-at` steps and stops (as after a preemption); its workdir is then
-copied and each copy resumed to the end in a fresh process: one reading the programs the first
-run compiled (`train.compilation_cache_dir`, the default), one with the cache removed and off.
-Prints each process's wall time, what compiling cost it (programs, seconds compiling or reading,
-programs read from the cache, compile time saved; JAX's own events) and its test accuracy,
-which must not depend on where the programs came from.
+One run trains to `--stop-at` steps and stops (as after a preemption); its workdir is put
+aside, and each resume starts from a fresh copy of it, at the first run's path (JAX's keys hold
+the cache's path), in a fresh process: one reading the programs the first run compiled
+(`train.compilation_cache_dir`, the default), one with the cache removed and off. Prints each
+process's wall time, what compiling cost it (programs, seconds compiling or reading, programs
+read from the cache, compile time saved; JAX's own events) and its test accuracy, which must not
+depend on where the programs came from. `--config` and its `--config.KEY=VALUE` overrides are
+train.py's.
 
   python bench/compile_cache.py                          # the default job, stopped at 750
   python bench/compile_cache.py --repeat=3
   python bench/compile_cache.py --config=configs/smollm2_hh.py --steps=4 --stop-at=2 \
-      --set=train.batch_size=2 --set=data.max_length=128 --set=data.max_prompt_length=64
+      --config.train.batch_size=2 --config.data.max_length=128
   python bench/compile_cache.py --smoke                  # 4 steps (CI)
 """
 
@@ -31,22 +33,14 @@ sys.path.insert(0, ROOT)
 
 # The child: a recipe through the library, on the CPU allocator setting train.py uses.
 CHILD = """
-import ast, importlib.util, json, sys
-from hafrm_jax import distributed
+import json, sys
+from hafrm_jax import cli, distributed
 from hafrm_jax.train.loop import train_and_evaluate
 
-config_file, workdir, steps, stop_at, cache = sys.argv[1:6]
-spec = importlib.util.spec_from_file_location("recipe", config_file)
-recipe = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(recipe)
-config = recipe.get_config()
-for item in sys.argv[6:]:
-    key, value = item.split("=", 1)
-    try:
-        value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        pass
-    config.update_from_flattened_dict({key: value})
+workdir, steps, stop_at, cache = sys.argv[1:5]
+recipe = cli.define_config_file("config", None, "the recipe")
+cli.parse_flags([sys.argv[0], *sys.argv[5:]])  # --config=FILE --config.KEY=VALUE ...
+config = recipe.value
 if int(steps):
     config.train.steps = int(steps)
     config.train.eval_every = min(config.train.eval_every, int(steps))
@@ -68,8 +62,9 @@ def run_child(config: str, workdir: str, steps: int, stop_at: int, cache: str,
     if min_compile_s is not None:  # JAX keeps programs that took at least this long
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(min_compile_s)
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, config, workdir, str(steps), str(stop_at),
-                          cache, *overrides], cwd=ROOT, capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-c", CHILD, workdir, str(steps), str(stop_at), cache,
+                          f"--config={config}", *overrides], cwd=ROOT, capture_output=True,
+                         text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"the child exited with status {out.returncode}:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -92,8 +87,6 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "default.py"))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override, e.g. train.batch_size=2 (repeatable)")
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: the recipe's)")
     parser.add_argument("--stop-at", type=int, default=0, help="where the first run stops "
                         "(0: half of the steps)")
@@ -102,12 +95,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "took at least this long to compile (JAX's default: 1 s)")
     parser.add_argument("--smoke", action="store_true", help="4 steps, stopped at 2, every "
                         "program kept")
-    args = parser.parse_args(argv)
+    args, overrides = parser.parse_known_args(argv)
+    if any(not arg.startswith("--config.") for arg in overrides):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)} (overrides are "
+                     "--config.KEY=VALUE)")
     steps, stop_at, repeat, min_compile_s = (4, 2, 1, 0.0) if args.smoke else (
         args.steps, args.stop_at, args.repeat, args.min_compile_s)
-    run = functools.partial(run_child, args.config, overrides=args.set,
+    run = functools.partial(run_child, os.path.abspath(args.config), overrides=overrides,
                             min_compile_s=min_compile_s)
-    print(f"# {os.path.relpath(args.config, ROOT)} {' '.join(args.set)}: stopped at step "
+    print(f"# {os.path.relpath(args.config, ROOT)} {' '.join(overrides)}: stopped at step "
           f"{stop_at or 'steps / 2'}, then resumed; {os.cpu_count()} CPUs", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
