@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from tests.train.test_loop import small_config
 
@@ -77,6 +78,7 @@ def test_jax_own_cache_is_kept_and_none_is_off(tmp_path):
         assert report.directory == own and jax.config.jax_compilation_cache_dir == own
     finally:
         jax.config.update("jax_compilation_cache_dir", None)
+        jax_cache.reset_cache()
     with persistent_compilation_cache(None) as report:
         assert not jax.config.jax_compilation_cache_dir
         jax.jit(_program)(np.ones((4, 4), np.float32))
