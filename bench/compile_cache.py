@@ -34,6 +34,7 @@ sys.path.insert(0, ROOT)
 # The child: a recipe through the library, on the CPU allocator setting train.py uses.
 CHILD = """
 import json, sys
+from bench.recipes import shorten
 from hafrm_jax import cli, distributed
 from hafrm_jax.train.loop import train_and_evaluate
 
@@ -41,11 +42,7 @@ workdir, steps, stop_at, cache = sys.argv[1:5]
 recipe = cli.define_config_file("config", None, "the recipe")
 cli.parse_flags([sys.argv[0], *sys.argv[5:]])  # --config=FILE --config.KEY=VALUE ...
 config = recipe.value
-if int(steps):
-    config.train.steps = int(steps)
-    config.train.eval_every = min(config.train.eval_every, int(steps))
-    config.train.checkpoint_every = min(config.train.checkpoint_every, int(steps))
-    config.optim.warmup_steps = min(config.optim.warmup_steps, int(steps) // 2)
+shorten(config, int(steps))
 config.train.compilation_cache_dir = cache
 distributed.keep_cpu_buffers()
 stop = int(stop_at) or config.train.steps // 2  # 0: half way; -1: to the end
@@ -114,8 +111,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          process="first run, stopped (writes the cache)"))
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
         shutil.copytree(workdir, stopped)
+        kinds = [("cache", "compilation_cache"), ("no cache", "")]
         for i in range(repeat):
-            kinds = [("cache", "compilation_cache"), ("no cache", "")]
             for kind, cache in kinds if i % 2 == 0 else kinds[::-1]:
                 shutil.rmtree(workdir)
                 shutil.copytree(stopped, workdir)

@@ -29,16 +29,14 @@ SETTINGS = ("glibc defaults", "keep_cpu_buffers")
 # The child: the default recipe through the library (train.py would always keep the buffers).
 CHILD = """
 import json, sys
+from bench.recipes import shorten
 from configs import default
 from hafrm_jax import distributed
 from hafrm_jax.train.loop import train_and_evaluate
 
 setting, steps, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 config = default.get_config()
-if steps:
-    config.train.steps = steps
-    config.train.eval_every = min(config.train.eval_every, steps)
-    config.optim.warmup_steps = min(config.optim.warmup_steps, steps // 2)
+shorten(config, steps)
 print(json.dumps({"kept": distributed.keep_cpu_buffers() if setting == "keep_cpu_buffers"
                   else False, "accuracy": train_and_evaluate(config, workdir).test["accuracy"]}))
 """
