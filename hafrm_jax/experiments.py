@@ -50,6 +50,7 @@ RESULT_KEYS = ("model.", "data.", "optim.", "train.method", "train.alpha", "trai
                "train.dpo_loss", "train.label_smoothing", "train.reward_centering",
                "train.reference", "train.steps", "train.batch_size", "train.seed",
                "train.eval_every")
+RESULT_FREE = ("data.cache_dir",)  # under RESULT_KEYS, but where files go, not what they hold
 
 
 def _check_same_experiment(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -61,7 +62,8 @@ def _check_same_experiment(workdir: str, config: ml_collections.ConfigDict) -> N
     old = flat_config(read_json(path))
     new = flat_config(json.loads(config.to_json()))
     changed = sorted(k for k in set(old) & set(new) if k.startswith(RESULT_KEYS)
-                     and not isinstance(new[k], dict) and old[k] != new[k])
+                     and k not in RESULT_FREE and not isinstance(new[k], dict)
+                     and old[k] != new[k])
     if changed:
         raise ConfigError(f"{workdir} holds a finished run with other settings ("
                           + ", ".join(f"{k}: {old[k]!r} there, {new[k]!r} here" for k in changed)
@@ -74,7 +76,14 @@ def run_grid(config: ml_collections.ConfigDict, variants: list[Variant], seeds: 
 
     With train_missing=False nothing is trained: the runs that have not finished are left out
     of the returned list and logged (a report on what a time-boxed sweep completed).
+    A `data.cache_dir` inside each workdir (the default) moves to OUT: the grid's runs differ
+    in method, seed and label noise, none of which changes the tokens, so all of them read the
+    splits the first one tokenised.
     """
+    config = copy.deepcopy(config)
+    cache_dir = os.path.expanduser(config.data.cache_dir)
+    if cache_dir and not os.path.isabs(cache_dir):
+        config.data.cache_dir = os.path.abspath(os.path.join(out, cache_dir))
     runs = []
     for noise in noise_rates:
         for variant in variants:

@@ -618,6 +618,19 @@ def test_tokenize_speed_times_each_chunk_size_on_the_same_tokens():
     assert tokenize.ENCODE_CHUNK == default
 
 
+def test_tokenize_speed_cache_mode_times_the_three_ways_on_the_same_tokens():
+    """bench/tokenize_speed.py --smoke --cache: tokenised, tokenised and written, read back;
+    the same tokens each way, and a file of the real tokens only."""
+    from bench.tokenize_speed import main
+
+    rows = main(["--smoke", "--cache"])
+    assert [row["way"] for row in rows] == ["tokenise, no cache", "tokenise and write",
+                                            "read back"]
+    assert len({row["tokens"] for row in rows}) == 1 and rows[0]["tokens"] > 0
+    assert all(row["pairs"] == 200 and row["seconds"] > 0 for row in rows)
+    assert 0 < rows[0]["file_mb"] < rows[0]["dense_mb"]
+
+
 def test_cpu_allocator_bench_runs_the_same_training_in_both_settings():
     """bench/cpu_allocator.py --smoke: a row per setting, from the child's own rusage; the
     allocator changes no number the training computes."""

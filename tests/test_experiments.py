@@ -16,6 +16,11 @@ def test_grid_report_and_resume(tmp_path):
     variants = [Variant("haf"), Variant("haf", 1.0)]
     runs = run_grid(config, variants, seeds=[0], noise_rates=[0.0, 0.25], out=str(tmp_path))
     assert len(runs) == 4
+    # One set of tokenised splits for the grid: method and label noise change no token.
+    assert sorted(f.split("-")[0] for f in os.listdir(tmp_path / "tokenized")) == [
+        "test", "train", "validation"]
+    assert not any(os.path.exists(os.path.join(r["workdir"], "tokenized")) for r in runs)
+    assert config.data.cache_dir == "tokenized"  # the caller's config is left as it was
     assert {r["variant"] for r in runs} == {"HaF", "HaF (alpha=1)"}
     table = summarise(runs)
     assert table["HaF"][0.25][2] == 1
@@ -26,6 +31,8 @@ def test_grid_report_and_resume(tmp_path):
         assert os.path.getsize(tmp_path / plot) > 1000
     mtimes = {r["workdir"]: os.path.getmtime(os.path.join(r["workdir"], "results.json"))
               for r in runs}
+    # Read back, also where the grid's tokenised splits go elsewhere (not a result setting).
+    config.data.cache_dir = str(tmp_path / "elsewhere")
     again = run_grid(config, variants, seeds=[0], noise_rates=[0.0, 0.25], out=str(tmp_path))
     assert [r["test_accuracy"] for r in again] == [r["test_accuracy"] for r in runs]
     for r in again:  # read back, not retrained; the wall time is the run's own record

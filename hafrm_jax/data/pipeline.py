@@ -19,8 +19,8 @@ from hafrm_jax.data.batching import flip_labels
 from hafrm_jax.data.readers import READERS
 from hafrm_jax.data.records import PreferencePair, prompt_format
 from hafrm_jax.data.sources import SPLITS, read_splits
-from hafrm_jax.data.tokenize import (TokenizedPairs, TokenizeStats, resolved_chat_format,
-                                     tokenize_pairs)
+from hafrm_jax.data.token_cache import TokenizeSettings, tokenize_cached, tokenizer_digest
+from hafrm_jax.data.tokenize import TokenizedPairs, TokenizeStats, resolved_chat_format
 from hafrm_jax.hf import tokenizer as hf_tokenizer
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ def load_records(config: ml_collections.ConfigDict
                        for s, p in pairs.items()}
     results = read_splits(d)
     pairs = {s: r.pairs for s, r in results.items()}
-    for split, limit, salt in (("train", d.max_train_pairs, 11), ("validation", d.max_eval_pairs, 12),
+    for split, limit, salt in (("train", d.max_train_pairs, 11),
+                               ("validation", d.max_eval_pairs, 12),
                                ("test", d.max_eval_pairs, 13)):
         if limit and len(pairs[split]) > limit:
             keep = np.sort(np.random.default_rng((d.seed, salt)).choice(
@@ -84,9 +85,12 @@ def load_records(config: ml_collections.ConfigDict
 
 
 def prepare_data(config: ml_collections.ConfigDict, tokenizer, process_index: int = 0,
-                 process_count: int = 1) -> PreparedData:
+                 process_count: int = 1, cache_dir: str | None = None) -> PreparedData:
     """Tokenise the training split, and this host's share of validation and test (pairs
     process_index, + process_count, ...), then flip `data.label_noise` of the training pairs.
+    With `cache_dir`, splits tokenised before for the same pairs, tokenizer and settings are
+    read from there, and new ones written there (`hafrm_jax.data.token_cache`; the training
+    split by process 0 only, as every host's is the same).
 
     Every host holds the whole training split: a step's global batch is drawn over the split
     (`EpochSampler`) and each host makes its rows of it, so that the batches, and a resumed
@@ -99,6 +103,9 @@ def prepare_data(config: ml_collections.ConfigDict, tokenizer, process_index: in
     except ValueError as e:  # a chat format this tokenizer cannot give
         raise ConfigError(f"data.{e}") from None
     records, counts = load_records(config)
+    settings = TokenizeSettings(d.max_length, d.max_prompt_length, d.chat_format,
+                                d.prompt_template)
+    tokenizer_key = tokenizer_digest(tokenizer) if cache_dir else None
     splits, stats = {}, {}
     for name in SPLITS:
         pairs = records[name]
@@ -107,9 +114,9 @@ def prepare_data(config: ml_collections.ConfigDict, tokenizer, process_index: in
                               f"pairs, fewer than the {process_count} hosts")
         share = (np.arange(len(pairs)) if name == "train"
                  else host_share(len(pairs), process_index, process_count))
-        splits[name], stats[name] = tokenize_pairs(
-            [pairs[i] for i in share], tokenizer, d.max_length, d.max_prompt_length,
-            d.chat_format, d.prompt_template, indices=share)
+        splits[name], stats[name] = tokenize_cached(
+            [pairs[i] for i in share], tokenizer, settings, share, cache_dir, name,
+            write=name != "train" or process_index == 0, tokenizer_key=tokenizer_key)
         s = stats[name]
         log.info("%s: %d pairs tokenised (%d prompts and %d responses truncated, %d identical "
                  "pairs dropped)", name, s.pairs_out, s.prompts_truncated, s.responses_truncated,

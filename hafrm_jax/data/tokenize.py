@@ -106,6 +106,13 @@ def sequence_start_token(tokenizer) -> int | None:
         else None
 
 
+def pad_id(tokenizer) -> int:
+    """The id that fills a sequence after its EOS: the tokenizer's pad token, else EOS (never
+    read: masks and lengths say where a sequence ends)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
+
+
 # Items (pairs, or prompt-response rows) encoded per tokenizer call: enough for every core, and
 # host memory bounded by the chunk (Python lists of ids cost ~36 bytes a token).
 ENCODE_CHUNK = 1024
@@ -155,8 +162,7 @@ def tokenize_responses(prompts: list, responses: list[str], tokenizer, max_lengt
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length "
                          f"({max_length})")
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    tokens = np.full((len(prompts), 1, max_length), pad, np.int32)
+    tokens = np.full((len(prompts), 1, max_length), pad_id(tokenizer), np.int32)
     lengths = np.zeros((len(prompts), 1), np.int32)
     prompt_lengths = np.zeros((len(prompts),), np.int32)
     bos = sequence_start_token(tokenizer)
@@ -188,8 +194,7 @@ def tokenize_pairs(
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no EOS token; set one (tokenizer.eos_token) first")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    tokens = np.full((len(pairs), 2, max_length), pad, np.int32)
+    tokens = np.full((len(pairs), 2, max_length), pad_id(tokenizer), np.int32)
     lengths = np.zeros((len(pairs), 2), np.int32)
     prompt_lengths = np.zeros((len(pairs),), np.int32)
     keep = np.ones((len(pairs),), bool)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 from collections.abc import Iterator
 
 import jax
@@ -36,14 +35,6 @@ log = logging.getLogger(__name__)
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 CACHE_HIT = "/jax/compilation_cache/cache_hits"
 TIME_SAVED = "/jax/compilation_cache/compile_time_saved_sec"
-
-
-def cache_directory(setting: str, workdir: str) -> str | None:
-    """Where `train.compilation_cache_dir` puts the cache: a relative path inside the workdir,
-    an absolute one (a cache shared by runs) as it is, "" nowhere (None)."""
-    if not setting:
-        return None
-    return os.path.join(workdir, os.path.expanduser(setting))
 
 
 @dataclasses.dataclass

@@ -38,7 +38,8 @@ from hafrm_jax.train.memory import check_step_fits, device_memory_limit
 from hafrm_jax.train.metrics_writer import MetricsWriter
 from hafrm_jax.train.optimizer import make_optimizer
 from hafrm_jax.train.plots import plot_training_curves
-from hafrm_jax.train.run_files import check_resume, save_data_summary, save_run_files, write_json
+from hafrm_jax.train.run_files import (cache_directory, check_resume, save_data_summary,
+                                        save_run_files, write_json)
 from hafrm_jax.model.lora import split_trainable
 from hafrm_jax.train.state import (TrainState, count_params, create_train_state, init_adapters,
                                    init_params)
@@ -141,7 +142,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     reads them instead of compiling.
     """
     configuration.validate(config)
-    cache = compilation_cache.cache_directory(config.train.compilation_cache_dir, workdir)
+    if "://" in workdir:  # os and open() would write a local folder named after the URL
+        raise configuration.ConfigError(
+            f"workdir {workdir!r} is a URL; it must be a filesystem path (every host's, on a "
+            "multi-host job): mount a Cloud Storage bucket with gcsfuse (e.g. "
+            "/gcs/my-bucket/runs/hh) or use a shared disk")
+    cache = cache_directory(config.train.compilation_cache_dir, workdir)
     with compilation_cache.persistent_compilation_cache(cache) as compiling:
         result = _train_and_evaluate(config, workdir, stop_condition, compiling)
     log.info("%s", compiling.summary())
@@ -179,7 +185,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         _save_run_files(config, workdir, tokenizer, loss_config, pretrained)
 
     # Data: the training split, and this host's share of validation and test.
-    data = prepare_data(config, tokenizer, jax.process_index(), jax.process_count())
+    data = prepare_data(config, tokenizer, jax.process_index(), jax.process_count(),
+                        cache_dir=cache_directory(config.data.cache_dir, workdir))
     save_data_summary(workdir, data.prompt_format, data.sizes, data.read_counts)
     splits = data.splits
     for name, split in splits.items():

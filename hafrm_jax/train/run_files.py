@@ -31,6 +31,15 @@ RESUME_CRITICAL = ("train.method", "train.batch_size", "train.seed", "data.sourc
                    "model.lora")
 
 
+def cache_directory(setting: str, workdir: str) -> str | None:
+    """Where a cache setting (`train.compilation_cache_dir`, `data.cache_dir`) puts its files:
+    a relative path inside the workdir, an absolute one (a cache shared by runs) as it is, ""
+    nowhere (None)."""
+    if not setting:
+        return None
+    return os.path.join(workdir, os.path.expanduser(setting))
+
+
 def write_json(path: str, obj) -> None:
     """Atomically (write, then rename), on process 0 only."""
     if jax.process_index() != 0:

@@ -4,6 +4,7 @@ Each test runs a script of this folder in a fresh process, because the device co
 (--xla_force_host_platform_device_count) is fixed when JAX starts.
 """
 
+import os
 import socket
 
 import pytest
@@ -98,6 +99,9 @@ def test_two_processes_train_one_model_as_one_process_does(tmp_path):
     # metrics are written once: process 0's rows only, each step once
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert sum('"train/loss"' in r for r in rows) == 2
+    # tokenised splits: the training split once (process 0's), each host's validation and test
+    names = sorted(f.split("-")[0] for f in os.listdir(tmp_path / "run" / "tokenized"))
+    assert names == ["test"] * 2 + ["train"] + ["validation"] * 2
 
     # one process of 8 devices, the same mesh: the same batches, so the same run (reductions
     # of the cross-process collectives summed in another order: ~1e-6)
@@ -109,6 +113,9 @@ def test_two_processes_train_one_model_as_one_process_does(tmp_path):
     assert first["step"] == 2 and first["test"] is None
     moved = _two_processes(str(tmp_path / "moved"))
     assert all(o["step"] == 4 for o in moved)
+    # the training split read back from the run alone; the hosts' shares of the others new
+    names = sorted(f.split("-")[0] for f in os.listdir(tmp_path / "moved" / "tokenized"))
+    assert names == ["test"] * 3 + ["train"] + ["validation"] * 3
     _assert_same_run(moved[0], alone)
 
 

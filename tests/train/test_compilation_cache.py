@@ -12,8 +12,9 @@ from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from tests.train.test_loop import small_config
 
-from hafrm_jax.train.compilation_cache import cache_directory, persistent_compilation_cache
+from hafrm_jax.train.compilation_cache import persistent_compilation_cache
 from hafrm_jax.train.loop import train_and_evaluate
+from hafrm_jax.train.run_files import cache_directory
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The training entry point end to end, on a shrunk default config."""
 
 import json
+import logging
 import os
 
 import jax
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs.default import get_config
+from hafrm_jax.configuration import ConfigError
 from hafrm_jax.train.loop import train_and_evaluate
 
 
@@ -51,6 +53,8 @@ def test_workdir_contents(tmp_path):
     assert os.listdir(tmp_path / "tensorboard")
     assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
     assert (tmp_path / "reference_logps.safetensors").exists()
+    assert sorted(f.split("-")[0] for f in os.listdir(tmp_path / "tokenized")) == [
+        "test", "train", "validation"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["test"]["num_pairs"] == 64 and saved["best_step"] in (4, 8, 12)
     assert saved["validation"]["accuracy"] == max(r["eval/accuracy"] for r in eval_rows)
@@ -72,12 +76,14 @@ def _params(result):
     return jax.tree_util.tree_leaves(jax.device_get(result.state.params))
 
 
-def test_stop_and_resume_equals_uninterrupted(tmp_path):
+def test_stop_and_resume_equals_uninterrupted(tmp_path, caplog):
     config = small_config(grad_accum_steps=2)
     straight = train_and_evaluate(config, str(tmp_path / "straight"))
     stopped = train_and_evaluate(config, str(tmp_path / "resumed"), stop_condition=lambda s: s == 5)
     assert not stopped.completed and stopped.step == 5
-    resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
+    with caplog.at_level(logging.INFO, logger="hafrm_jax.data.token_cache"):
+        resumed = train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert caplog.text.count("tokenised pairs read from") == 3  # the splits were not tokenised
     assert resumed.completed and resumed.step == 12
     for a, b in zip(_params(straight), _params(resumed)):
         np.testing.assert_array_equal(a, b)
@@ -191,11 +197,16 @@ def test_train_lm_head_on_a_tied_model_is_warned_not_ignored_silently(caplog):
     assert "model.lora.train_lm_head has no effect" in caplog.text
 
 
+def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="'gs://bucket/run' is a URL.*gcsfuse"):
+        train_and_evaluate(small_config(), "gs://bucket/run")
+    assert not os.listdir(tmp_path)
+
+
 def test_fewer_training_pairs_than_a_batch_is_a_config_error(tmp_path):
     """Read from files, the training split's size is known only once read and tokenised."""
     from tests.helpers import bpe_tokenizer, tiny_checkpoint, write_jsonl
-
-    from hafrm_jax.configuration import ConfigError
 
     records = [{"prompt": f"question {i}", "chosen": "a kind answer", "rejected": "a rude one"}
                for i in range(5)]
