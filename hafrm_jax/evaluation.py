@@ -55,8 +55,10 @@ def eval_batch_size(requested: int, mesh: Mesh, rules: Rules) -> int:
 
 def score_pairs(score_fn: ScoreFn, params: Any, data: TokenizedPairs, split_size: int,
                 batch_size: int, pad_to_multiple: int, mesh: Mesh,
-                rules: Rules, frozen: Any = None) -> dict[str, np.ndarray]:
-    """Score a split of which this host holds `data` (all of it on one host).
+                rules: Rules, frozen: Any = None, by_length: bool = True
+                ) -> dict[str, np.ndarray]:
+    """Score a split of which this host holds `data` (all of it on one host), in batches of
+    pairs of similar length (`eval_batches`; `by_length=False`: in split order).
 
     split_size is the split's size over all hosts (an upper bound on every host's share), so
     that all hosts run the same number of global batches of `batch_size`. Returns, on every
@@ -68,7 +70,7 @@ def score_pairs(score_fn: ScoreFn, params: Any, data: TokenizedPairs, split_size
     local_batch = batch_size // hosts
     num_batches = -(-(-(-split_size // hosts)) // local_batch)
     parts: dict[str, list[np.ndarray]] = {}
-    for batch in eval_batches(data, local_batch, pad_to_multiple, num_batches):
+    for batch in eval_batches(data, local_batch, pad_to_multiple, num_batches, by_length):
         with jax.set_mesh(mesh):
             out = score_fn(params, host_batch_to_global(batch, sharding), frozen)
         keep = np.asarray(out["valid"]).astype(bool)

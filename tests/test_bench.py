@@ -631,6 +631,18 @@ def test_tokenize_speed_cache_mode_times_the_three_ways_on_the_same_tokens():
     assert 0 < rows[0]["file_mb"] < rows[0]["dense_mb"]
 
 
+def test_scoring_order_bench_scores_the_same_pairs_either_way():
+    """bench/scoring_order.py --smoke: split order and by length give the same scores, in
+    split order; by length computes no more positions."""
+    from bench.scoring_order import main
+
+    split_order, by_length = main(["--smoke"])
+    assert [split_order["order"], by_length["order"]] == ["split order", "by length"]
+    assert by_length["positions"] <= split_order["positions"]
+    assert by_length["max_abs_diff_rewards"] < 1e-5 and by_length["max_abs_diff_logps"] < 1e-4
+    assert split_order["seconds"] > 0 and by_length["seconds"] > 0
+
+
 def test_cpu_allocator_bench_runs_the_same_training_in_both_settings():
     """bench/cpu_allocator.py --smoke: a row per setting, from the child's own rusage; the
     allocator changes no number the training computes."""

@@ -100,17 +100,26 @@ def padding_fraction(data: TokenizedPairs, sampler: EpochSampler, pad_to_multipl
 
 
 def eval_batches(data: TokenizedPairs, batch_size: int, pad_to_multiple: int,
-                 num_batches: int | None = None) -> Iterator[Batch]:
-    """Every pair once, in order, in batches of `batch_size` that also carry `valid` [pairs]
-    (0 on filler rows) and `index` [pairs] (split positions). The last batch is filled up with
-    copies of a pair marked invalid, so all batches share a shape; `num_batches` appends whole
-    invalid batches, so that hosts with unequal shares run the same number of steps."""
+                 num_batches: int | None = None, by_length: bool = True) -> Iterator[Batch]:
+    """Every pair once, in batches of `batch_size` that also carry `valid` [pairs] (0 on filler
+    rows) and `index` [pairs] (split positions, by which scores go back into split order).
+
+    `by_length`: shortest pairs (by their longer side) first, so that each batch pads to about
+    its own pairs' length rather than to the longest of a random draw (HH-RLHF pairs at 512
+    tokens, 32 a batch: 1.84x fewer positions computed than in split order over 1,794 pairs,
+    and SmolLM2's pass over 128 of them 1.88x faster; bench/scoring_order.py); else split
+    order. The last batch is filled up with copies of the shortest pair marked invalid, so all
+    batches share a shape; `num_batches` appends whole invalid batches, so that hosts with
+    unequal shares run the same number of steps."""
+    order = (np.argsort(data.lengths.max(axis=1), kind="stable") if by_length
+             else np.arange(len(data)))
+    filler = int(np.argmin(data.lengths.max(axis=1))) if len(data) else 0
     count = -(-len(data) // batch_size)
     for b in range(max(count, num_batches or 0)):
-        indices = np.arange(b * batch_size, min((b + 1) * batch_size, len(data)))
+        indices = order[b * batch_size:(b + 1) * batch_size]
         valid = np.ones(batch_size, np.int32)
         valid[len(indices):] = 0
-        indices = np.concatenate([indices, np.zeros(batch_size - len(indices), np.int64)])
+        indices = np.concatenate([indices, np.full(batch_size - len(indices), filler, np.int64)])
         batch = make_batch(data, indices, pad_to_multiple)
         batch["valid"] = valid
         batch["index"] = data.index[indices].astype(np.int32)

@@ -163,13 +163,38 @@ def test_sampler_is_a_pure_function_of_step():
 def test_eval_batches_cover_every_pair_once(tokenizer):
     pairs = synthetic.generate_pairs(7, seed=0)
     data, _ = tokenize_pairs(pairs, tokenizer, 32, 20)
-    seen = []
-    batches = list(eval_batches(data, 3, 16, num_batches=4))
-    assert len(batches) == 4  # 3 batches of pairs, then one of filler for an uneven host share
-    for batch in batches:
-        assert batch["input_ids"].shape[0] == 3
-        seen.extend(batch["index"][batch["valid"] == 1].tolist())
-    assert seen == list(range(7))
+    for by_length in (True, False):
+        seen = []
+        batches = list(eval_batches(data, 3, 16, num_batches=4, by_length=by_length))
+        assert len(batches) == 4  # 3 batches of pairs, then one of filler for an uneven share
+        for batch in batches:
+            assert batch["input_ids"].shape[0] == 3
+            seen.extend(batch["index"][batch["valid"] == 1].tolist())
+        assert sorted(seen) == list(range(7))
+        assert (seen == list(range(7))) is not by_length  # split order only when asked
+
+
+def test_eval_batches_take_pairs_of_similar_length_together(tokenizer):
+    """Shortest first: each batch pads to about its own pairs, so a split of mixed lengths
+    computes fewer positions than in split order; filler rows copy the shortest pair."""
+    words = ["cat", "dog", "red", "blue", "one", "two"]
+    rng = np.random.default_rng(0)
+    pairs = [PreferencePair(" ".join(rng.choice(words, rng.integers(1, 30))), "cat dog", "red")
+             for _ in range(40)]
+    data, _ = tokenize_pairs(pairs, tokenizer, 40, 32)
+    longest = data.lengths.max(axis=1)
+    by_length = list(eval_batches(data, 6, 4))
+    split_order = list(eval_batches(data, 6, 4, by_length=False))
+    seqs = [b["input_ids"].shape[-1] for b in by_length]
+    assert seqs == sorted(seqs)
+    assert sum(b["input_ids"].size for b in by_length) < \
+        0.8 * sum(b["input_ids"].size for b in split_order)
+    last = by_length[-1]  # 40 = 6 x 6 + 4: two filler rows
+    filler = last["valid"] == 0
+    assert filler.sum() == 2 and (last["index"][filler] == np.argmin(longest)).all()
+    for batch in by_length:  # each batch's masks are its own pairs'
+        rows = batch["index"]
+        np.testing.assert_array_equal(batch["attention_mask"].sum(-1), data.lengths[rows])
 
 
 def test_label_noise_flips_the_requested_share(tokenizer):
