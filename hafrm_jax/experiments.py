@@ -16,7 +16,7 @@ from hafrm_jax.configuration import ConfigError
 from hafrm_jax.sharding import device_description
 from hafrm_jax.train.loop import train_and_evaluate
 from hafrm_jax.train.plots import new_figure
-from hafrm_jax.train.run_files import flat_config, read_json
+from hafrm_jax.train.run_files import cache_directory, flat_config, read_json
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,9 @@ def run_grid(config: ml_collections.ConfigDict, variants: list[Variant], seeds: 
     splits the first one tokenised.
     """
     config = copy.deepcopy(config)
-    cache_dir = os.path.expanduser(config.data.cache_dir)
-    if cache_dir and not os.path.isabs(cache_dir):
-        config.data.cache_dir = os.path.abspath(os.path.join(out, cache_dir))
+    shared = cache_directory(config.data.cache_dir, out)  # a relative one: inside OUT
+    if shared is not None:
+        config.data.cache_dir = os.path.abspath(shared)
     runs = []
     for noise in noise_rates:
         for variant in variants:

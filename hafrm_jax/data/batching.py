@@ -111,9 +111,9 @@ def eval_batches(data: TokenizedPairs, batch_size: int, pad_to_multiple: int,
     order. The last batch is filled up with copies of the shortest pair marked invalid, so all
     batches share a shape; `num_batches` appends whole invalid batches, so that hosts with
     unequal shares run the same number of steps."""
-    order = (np.argsort(data.lengths.max(axis=1), kind="stable") if by_length
-             else np.arange(len(data)))
-    filler = int(np.argmin(data.lengths.max(axis=1))) if len(data) else 0
+    longest = data.lengths.max(axis=1)  # [pairs]
+    order = np.argsort(longest, kind="stable") if by_length else np.arange(len(data))
+    filler = int(np.argmin(longest)) if len(data) else 0
     count = -(-len(data) // batch_size)
     for b in range(max(count, num_batches or 0)):
         indices = order[b * batch_size:(b + 1) * batch_size]

@@ -3,9 +3,9 @@ preemption, another method or seed on the same pairs) reads its splits instead o
 them again.
 
 Every host of a run tokenises the whole training split at start-up, again on every resume:
-~31 s for HH-RLHF's 160k training pairs on 2 cores (bench/RESULTS.md). A cached split is a
-safetensors file (arrays only: nothing in it is executed) named by a sha256 over everything
-its arrays follow from:
+41 s for 161k HH-RLHF pairs on 2 cores, against 1.3 s to read them back (bench/RESULTS.md).
+A cached split is a safetensors file (arrays only: nothing in it is executed) named by a
+sha256 over everything its arrays follow from:
 - the pairs as read (prompt, chosen, rejected) and their positions in the split;
 - the tokenizer's saved files (vocabulary, merges, special tokens, chat template);
 - the tokenisation settings (`max_length`, `max_prompt_length`, `chat_format`,
